@@ -1,0 +1,187 @@
+"""Building blocks shared by Stage B and Stage C (reference: ``modules/common.py``).
+
+Parameter names match the official checkpoints exactly; the computation matches the reference,
+with attention routed through ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel axis of an NCHW tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2 GRN on channels-last input (B, H, W, C)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
+        n = g / (g.mean(dim=-1, keepdim=True) + 1e-6)
+        return torch.addcmul(self.beta + x, self.gamma, x * n)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int, c_skip: int = 0, kernel_size: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.depthwise = nn.Conv2d(c, c, kernel_size=kernel_size, padding=kernel_size // 2, groups=c)
+        self.norm = LayerNorm2d(c, elementwise_affine=False, eps=1e-6)
+        self.channelwise = nn.Sequential(
+            nn.Linear(c + c_skip, c * 4),
+            nn.GELU(),
+            GlobalResponseNorm(c * 4),
+            nn.Dropout(dropout),
+            nn.Linear(c * 4, c),
+        )
+
+    def forward(self, x: torch.Tensor, x_skip: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.depthwise(x).permute(0, 2, 3, 1)
+        h = F.layer_norm(h, h.shape[-1:], eps=self.norm.eps)
+        if x_skip is not None:
+            h = torch.cat([h, x_skip.permute(0, 2, 3, 1)], dim=-1)
+        return self.channelwise(h).permute(0, 3, 1, 2) + x
+
+
+class MultiheadAttention(nn.Module):
+    """Packed-projection attention with ``nn.MultiheadAttention``'s parameter names.
+
+    Queries come from ``x``; keys and values from ``x`` followed by ``cond`` when ``self_attn``
+    is set (the reference concatenates the image tokens in front of the condition tokens). The
+    image tokens' q, k and v are computed by one fused matrix product.
+    """
+
+    def __init__(self, c: int, nhead: int, dropout: float = 0.0):
+        super().__init__()
+        if c % nhead:
+            raise ValueError(f"attention width {c} is not divisible by nhead={nhead}")
+        self.nhead = nhead
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * c, c))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * c))
+        self.out_proj = nn.Linear(c, c)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, self_attn: bool) -> torch.Tensor:
+        b, n, c = x.shape
+        w, bias = self.in_proj_weight, self.in_proj_bias
+        if self_attn:
+            q, k, v = F.linear(x, w, bias).chunk(3, dim=-1)
+            kc, vc = F.linear(cond, w[c:], bias[c:]).chunk(2, dim=-1)
+            k = torch.cat([k, kc], dim=1)
+            v = torch.cat([v, vc], dim=1)
+        else:
+            q = F.linear(x, w[:c], bias[:c])
+            k, v = F.linear(cond, w[c:], bias[c:]).chunk(2, dim=-1)
+        h = self.nhead
+        q = q.view(b, n, h, c // h).transpose(1, 2)
+        k = k.view(b, k.shape[1], h, c // h).transpose(1, 2)
+        v = v.view(b, v.shape[1], h, c // h).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Attention2D(nn.Module):
+    def __init__(self, c: int, nhead: int, dropout: float = 0.0):
+        super().__init__()
+        self.attn = MultiheadAttention(c, nhead, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, self_attn: bool = False) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        out = self.attn(tokens, kv, self_attn)
+        return out.transpose(1, 2).reshape(b, c, hgt, wid)
+
+
+class AttnBlock(nn.Module):
+    def __init__(self, c: int, c_cond: int, nhead: int, self_attn: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.self_attn = self_attn
+        self.norm = LayerNorm2d(c, elementwise_affine=False, eps=1e-6)
+        self.attention = Attention2D(c, nhead, dropout)
+        self.kv_mapper = nn.Sequential(nn.SiLU(), nn.Linear(c_cond, c))
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        kv = self.kv_mapper(kv)
+        return x + self.attention(self.norm(x), kv, self_attn=self.self_attn)
+
+
+class FeedForwardBlock(nn.Module):
+    def __init__(self, c: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm = LayerNorm2d(c, elementwise_affine=False, eps=1e-6)
+        self.channelwise = nn.Sequential(
+            nn.Linear(c, c * 4),
+            nn.GELU(),
+            GlobalResponseNorm(c * 4),
+            nn.Dropout(dropout),
+            nn.Linear(c * 4, c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.channelwise(self.norm(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class TimestepBlock(nn.Module):
+    def __init__(self, c: int, c_timestep: int, conds: list[str] | tuple[str, ...] = ("sca",)):
+        super().__init__()
+        self.mapper = nn.Linear(c_timestep, c * 2)
+        self.conds = list(conds)
+        for name in self.conds:
+            setattr(self, f"mapper_{name}", nn.Linear(c_timestep, c * 2))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        chunks = t.chunk(len(self.conds) + 1, dim=1)
+        ab = self.mapper(chunks[0])
+        for i, name in enumerate(self.conds):
+            ab = ab + getattr(self, f"mapper_{name}")(chunks[i + 1])
+        a, b = ab[:, :, None, None].chunk(2, dim=1)
+        return torch.addcmul(b, x, 1 + a)
+
+
+def r_embedding(r: torch.Tensor, c_r: int, max_positions: int = 10000) -> torch.Tensor:
+    """Sinusoidal embedding of the noise level ``r`` (reference ``gen_r_embedding``)."""
+    r = r * max_positions
+    half = c_r // 2
+    freqs = torch.arange(half, device=r.device).float().mul(-math.log(max_positions) / (half - 1)).exp()
+    emb = r.float()[:, None] * freqs[None, :]
+    emb = torch.cat([emb.sin(), emb.cos()], dim=1)
+    if c_r % 2 == 1:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def make_block(
+    block_type: str,
+    c_hidden: int,
+    nhead: int,
+    *,
+    c_cond: int,
+    c_r: int,
+    t_conds: list[str],
+    kernel_size: int,
+    c_skip: int = 0,
+    dropout: float = 0.0,
+    self_attn: bool = True,
+) -> nn.Module:
+    if block_type == "C":
+        return ResBlock(c_hidden, c_skip, kernel_size=kernel_size, dropout=dropout)
+    if block_type == "A":
+        return AttnBlock(c_hidden, c_cond, nhead, self_attn=self_attn, dropout=dropout)
+    if block_type == "F":
+        return FeedForwardBlock(c_hidden, dropout=dropout)
+    if block_type == "T":
+        return TimestepBlock(c_hidden, c_r, conds=t_conds)
+    raise ValueError(f"block type {block_type!r} is not one of C, T, A, F")
