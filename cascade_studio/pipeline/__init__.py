@@ -1,0 +1,1 @@
+"""Torch-side engine: checkpoint loading, conditioning, sampling (no Qt here)."""

@@ -1,0 +1,125 @@
+"""Stage B and Stage C: shapes, parity with diffusers' StableCascadeUNet, ControlNet injection."""
+
+import pytest
+import torch
+
+from cascade_studio.networks.common import ResBlock
+from cascade_studio.networks.stage_b import StageB
+from cascade_studio.networks.stage_c import StageC
+from tests.support.configs import bench_config
+from tests.support.diffusers_unet import to_diffusers
+from tests.support.random_weights import randomize_
+
+TINY = bench_config("tiny")
+
+
+def tiny_c(seed=1):
+    return randomize_(StageC(**TINY["stage_c"]), seed)
+
+
+def tiny_b(seed=2):
+    return randomize_(StageB(**TINY["stage_b"]), seed)
+
+
+def c_inputs(batch=2, size=(6, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = TINY["stage_c"]
+    return (
+        torch.randn(batch, 16, *size, generator=g),
+        torch.rand(batch, generator=g),
+        torch.randn(batch, 77, cfg["c_clip_text"], generator=g),
+        torch.randn(batch, 1, cfg["c_clip_text_pooled"], generator=g),
+        torch.randn(batch, 1, cfg["c_clip_img"], generator=g),
+    )
+
+
+def assert_close_to_scale(ours, reference, tol=1e-5):
+    scale = max(1.0, reference.abs().max().item())
+    assert ours.shape == reference.shape
+    assert (ours - reference).abs().max().item() <= tol * scale
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("size", [(6, 6), (9, 12)])
+def test_stage_c_matches_diffusers(size):
+    ours = tiny_c()
+    oracle = to_diffusers(ours, TINY["stage_c"], "c")
+    x, r, text, pooled, img = c_inputs(size=size)
+    out = ours(x, r, text, pooled, img)
+    ref = oracle(x, r, clip_text_pooled=pooled, clip_text=text, clip_img=img).sample
+    assert out.shape == x.shape
+    assert_close_to_scale(out, ref)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("size", [(32, 32), (36, 44)])
+def test_stage_b_matches_diffusers(size):
+    """(36, 44) is not divisible by 16 in latent space: the up path resizes to the skip size."""
+    ours = tiny_b()
+    oracle = to_diffusers(ours, TINY["stage_b"], "b")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, *size, generator=g)
+    r = torch.rand(2, generator=g)
+    effnet = torch.randn(2, 16, 6, 6, generator=g)
+    clip = torch.randn(2, 1, TINY["stage_b"]["c_clip"], generator=g)
+    out = ours(x, r, effnet, clip)
+    ref = oracle(x, r, clip_text_pooled=clip, effnet=effnet).sample
+    assert_close_to_scale(out, ref)
+
+
+@torch.no_grad()
+def test_stage_c_pooled_text_may_be_2d():
+    net = tiny_c()
+    x, r, text, pooled, img = c_inputs()
+    torch.testing.assert_close(net(x, r, text, pooled, img), net(x, r, text, pooled[:, 0], img[:, 0]))
+
+
+@torch.no_grad()
+def test_sca_and_crp_default_to_zero_but_are_used():
+    net = tiny_c()
+    x, r, text, pooled, img = c_inputs()
+    base = net(x, r, text, pooled, img)
+    torch.testing.assert_close(base, net(x, r, text, pooled, img, sca=torch.zeros(2), crp=torch.zeros(2)))
+    assert not torch.allclose(base, net(x, r, text, pooled, img, sca=torch.full((2,), 0.5)))
+
+
+@torch.no_grad()
+def test_stage_c_controlnet_features_are_added_before_the_listed_resblocks():
+    """A feature at position k of the cnet list reaches the input of the k-th ResBlock executed."""
+    net = tiny_c()
+    x, r, text, pooled, img = c_inputs()
+    order, inputs = [], {}
+
+    def hook(module, args):
+        order.append(module)
+        inputs.setdefault(id(module), []).append(args[0].clone())
+
+    handles = [m.register_forward_pre_hook(hook) for m in net.modules() if isinstance(m, ResBlock)]
+    base = net(x, r, text, pooled, img)
+    plain_inputs = [inputs[id(m)][0] for m in order]
+    assert len(order) == 4  # one ResBlock per level, down and up
+
+    feature = torch.randn(2, 128, 3, 3)
+    for k in range(len(order)):
+        order.clear()
+        inputs.clear()
+        cnet = [None] * len(plain_inputs)
+        cnet[k] = feature
+        out = net(x, r, text, pooled, img, cnet=cnet)
+        assert not torch.allclose(out, base)
+        resized = torch.nn.functional.interpolate(feature, size=(6, 6), mode="bilinear", align_corners=True)
+        for j, module in enumerate(order):
+            if j < k:
+                torch.testing.assert_close(inputs[id(module)][0], plain_inputs[j])
+            elif j == k:
+                expected = plain_inputs[j] + resized
+                torch.testing.assert_close(inputs[id(module)][0], expected)
+    for h in handles:
+        h.remove()
+
+
+@torch.no_grad()
+def test_dropout_is_inactive_in_eval():
+    net = tiny_c()
+    args = c_inputs()
+    torch.testing.assert_close(net(*args), net(*args), rtol=0, atol=0)
