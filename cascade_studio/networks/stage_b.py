@@ -73,9 +73,17 @@ class StageB(CascadeUNet):
             )
 
         self._build_levels(
-            c_hidden=c_hidden, nhead=nhead, blocks=blocks, block_repeat=block_repeat,
-            level_config=level_config, c_cond=c_cond, kernel_size=kernel_size, dropout=dropout,
-            self_attn=self_attn, downscaler=downscaler, upscaler=upscaler,
+            c_hidden=c_hidden,
+            nhead=nhead,
+            blocks=blocks,
+            block_repeat=block_repeat,
+            level_config=level_config,
+            c_cond=c_cond,
+            kernel_size=kernel_size,
+            dropout=dropout,
+            self_attn=self_attn,
+            downscaler=downscaler,
+            upscaler=upscaler,
         )
 
         self.clf = nn.Sequential(

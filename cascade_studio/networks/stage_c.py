@@ -20,7 +20,8 @@ class UpDownBlock2d(nn.Module):
             raise ValueError(f"mode must be 'up' or 'down', not {mode!r}")
         interpolation = (
             nn.Upsample(scale_factor=2 if mode == "up" else 0.5, mode="bilinear", align_corners=True)
-            if enabled else nn.Identity()
+            if enabled
+            else nn.Identity()
         )
         mapping = nn.Conv2d(c_in, c_out, kernel_size=1)
         self.blocks = nn.ModuleList([interpolation, mapping] if mode == "up" else [mapping, interpolation])
@@ -83,9 +84,17 @@ class StageC(CascadeUNet):
             )
 
         self._build_levels(
-            c_hidden=c_hidden, nhead=nhead, blocks=blocks, block_repeat=block_repeat,
-            level_config=level_config, c_cond=c_cond, kernel_size=kernel_size, dropout=dropout,
-            self_attn=self_attn, downscaler=downscaler, upscaler=upscaler,
+            c_hidden=c_hidden,
+            nhead=nhead,
+            blocks=blocks,
+            block_repeat=block_repeat,
+            level_config=level_config,
+            c_cond=c_cond,
+            kernel_size=kernel_size,
+            dropout=dropout,
+            self_attn=self_attn,
+            downscaler=downscaler,
+            upscaler=upscaler,
         )
 
         self.clf = nn.Sequential(

@@ -49,21 +49,33 @@ class CascadeUNet(nn.Module):
 
         def block(kind: str, i: int, c_skip: int = 0) -> nn.Module:
             return make_block(
-                kind, c_hidden[i], nhead[i], c_cond=c_cond, c_r=self.c_r, t_conds=self.t_conds,
-                kernel_size=kernel_size, c_skip=c_skip, dropout=dropout[i], self_attn=self_attn[i],
+                kind,
+                c_hidden[i],
+                nhead[i],
+                c_cond=c_cond,
+                c_r=self.c_r,
+                t_conds=self.t_conds,
+                kernel_size=kernel_size,
+                c_skip=c_skip,
+                dropout=dropout[i],
+                self_attn=self_attn[i],
             )
 
         self.down_blocks = nn.ModuleList()
         self.down_downscalers = nn.ModuleList()
         self.down_repeat_mappers = nn.ModuleList()
         for i in range(levels):
-            self.down_downscalers.append(downscaler(c_hidden[i - 1], c_hidden[i], i) if i > 0 else nn.Identity())
+            self.down_downscalers.append(
+                downscaler(c_hidden[i - 1], c_hidden[i], i) if i > 0 else nn.Identity()
+            )
             self.down_blocks.append(
                 nn.ModuleList(block(kind, i) for _ in range(blocks[0][i]) for kind in level_config[i])
             )
-            self.down_repeat_mappers.append(nn.ModuleList(
-                nn.Conv2d(c_hidden[i], c_hidden[i], kernel_size=1) for _ in range(block_repeat[0][i] - 1)
-            ))
+            self.down_repeat_mappers.append(
+                nn.ModuleList(
+                    nn.Conv2d(c_hidden[i], c_hidden[i], kernel_size=1) for _ in range(block_repeat[0][i] - 1)
+                )
+            )
 
         self.up_blocks = nn.ModuleList()
         self.up_upscalers = nn.ModuleList()
@@ -76,9 +88,12 @@ class CascadeUNet(nn.Module):
                     c_skip = c_hidden[i] if i < levels - 1 and j == k == 0 else 0
                     up_block.append(block(kind, i, c_skip))
             self.up_blocks.append(up_block)
-            self.up_repeat_mappers.append(nn.ModuleList(
-                nn.Conv2d(c_hidden[i], c_hidden[i], kernel_size=1) for _ in range(block_repeat[1][::-1][i] - 1)
-            ))
+            self.up_repeat_mappers.append(
+                nn.ModuleList(
+                    nn.Conv2d(c_hidden[i], c_hidden[i], kernel_size=1)
+                    for _ in range(block_repeat[1][::-1][i] - 1)
+                )
+            )
 
     def _r_embed(self, r: torch.Tensor, conds: dict) -> torch.Tensor:
         parts = [r_embedding(r, self.c_r)]
@@ -108,7 +123,9 @@ class CascadeUNet(nn.Module):
 
     def _down_encode(self, x, r_embed, clip, cnet: Iterator | None = None) -> list[torch.Tensor]:
         level_outputs = []
-        for down_block, downscaler, repmap in zip(self.down_blocks, self.down_downscalers, self.down_repeat_mappers):
+        for down_block, downscaler, repmap in zip(
+            self.down_blocks, self.down_downscalers, self.down_repeat_mappers
+        ):
             x = downscaler(x)
             for i in range(len(repmap) + 1):
                 for block in down_block:
@@ -122,7 +139,9 @@ class CascadeUNet(nn.Module):
 
     def _up_decode(self, level_outputs, r_embed, clip, cnet: Iterator | None = None) -> torch.Tensor:
         x = level_outputs[0]
-        for i, (up_block, upscaler, repmap) in enumerate(zip(self.up_blocks, self.up_upscalers, self.up_repeat_mappers)):
+        for i, (up_block, upscaler, repmap) in enumerate(
+            zip(self.up_blocks, self.up_upscalers, self.up_repeat_mappers)
+        ):
             for j in range(len(repmap) + 1):
                 for k, block in enumerate(up_block):
                     skip = None

@@ -30,6 +30,7 @@ META_CONFIG = "cascade_studio.config"
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+REDOWNLOAD = "Delete the file and download it again."
 
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F64": (torch.float64, 8),
@@ -75,7 +76,12 @@ NETWORKS: dict[str, NetworkKind] = {
 #: The released variants: (network, variant) -> the reference constructor keywords.
 RELEASED: dict[tuple[str, str], dict] = {
     ("stage_c", "full"): {},
-    ("stage_c", "lite"): {"c_cond": 1536, "c_hidden": [1536, 1536], "nhead": [24, 24], "blocks": [[4, 12], [12, 4]]},
+    ("stage_c", "lite"): {
+        "c_cond": 1536,
+        "c_hidden": [1536, 1536],
+        "nhead": [24, 24],
+        "blocks": [[4, 12], [12, 4]],
+    },
     ("stage_b", "full"): {
         "c_hidden": [320, 640, 1280, 1280],
         "nhead": [-1, -1, 20, 20],
@@ -93,7 +99,11 @@ RELEASED: dict[tuple[str, str], dict] = {
     ("previewer", "released"): {},
     ("controlnet", "inpainting"): {"c_in": 4, "proj_blocks": RELEASED_PROJ_BLOCKS},
     ("controlnet", "canny"): {"c_in": 1, "proj_blocks": RELEASED_PROJ_BLOCKS},
-    ("controlnet", "super_resolution"): {"c_in": 16, "proj_blocks": RELEASED_PROJ_BLOCKS, "bottleneck_mode": "large"},
+    ("controlnet", "super_resolution"): {
+        "c_in": 16,
+        "proj_blocks": RELEASED_PROJ_BLOCKS,
+        "bottleneck_mode": "large",
+    },
 }
 
 
@@ -158,13 +168,13 @@ def read_header(path: str | os.PathLike) -> Header:
             if len(head) < 8:
                 raise CheckpointError(
                     f"{path}: {size} bytes is too small for a safetensors file; the download is incomplete "
-                    "or the file is not a checkpoint. Delete it and download it again."
+                    f"or the file is not a checkpoint. {REDOWNLOAD}"
                 )
             (header_len,) = struct.unpack("<Q", head)
             if header_len > min(size - 8, MAX_HEADER_BYTES):
                 raise CheckpointError(
                     f"{path}: not a valid safetensors file (its header claims {header_len} bytes but the file "
-                    f"has {size}); it is truncated or corrupt. Delete it and download it again."
+                    f"has {size}); it is truncated or corrupt. {REDOWNLOAD}"
                 )
             raw = f.read(header_len)
     except FileNotFoundError:
@@ -176,9 +186,7 @@ def read_header(path: str | os.PathLike) -> Header:
         if not isinstance(doc, dict):
             raise ValueError("header is not a JSON object")
     except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: the safetensors header is corrupt ({exc}). Delete the file and download it again."
-        ) from None
+        raise CheckpointError(f"{path}: the safetensors header is corrupt ({exc}). {REDOWNLOAD}") from None
 
     metadata = doc.pop("__metadata__", None) or {}
     data_len = size - 8 - header_len
@@ -190,18 +198,17 @@ def read_header(path: str | os.PathLike) -> Header:
             expected = math.prod(shape) * itemsize
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(
-                f"{path}: the safetensors header entry for {key!r} is malformed; the file is corrupt. "
-                "Delete it and download it again."
+                f"{path}: the safetensors header entry for {key!r} is malformed; the file is corrupt. {REDOWNLOAD}"
             ) from None
         if end > data_len:
             raise CheckpointError(
                 f"{path}: the file is truncated: tensor {key!r} ends at byte {end} of the data section, which "
-                f"holds only {data_len} bytes. Delete the file and download it again."
+                f"holds only {data_len} bytes. {REDOWNLOAD}"
             )
         if end - begin != expected or begin < 0:
             raise CheckpointError(
                 f"{path}: tensor {key!r} occupies {end - begin} bytes but {dtype} {list(shape)} needs "
-                f"{expected}; the file is corrupt. Delete it and download it again."
+                f"{expected}; the file is corrupt. {REDOWNLOAD}"
             )
         tensors[key] = TensorInfo(dtype, shape)
     if not tensors:
@@ -264,13 +271,18 @@ def layout_diff(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tup
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     mismatched = sorted(
-        (k, tuple(found[k]), tuple(expected[k])) for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k])
+        (k, tuple(found[k]), tuple(expected[k]))
+        for k in set(found) & set(expected)
+        if tuple(found[k]) != tuple(expected[k])
     )
     return LayoutDiff(missing, unexpected, mismatched)
 
 
 def identify_layout(
-    shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None, *, source: str = "checkpoint"
+    shapes: Mapping[str, tuple[int, ...]],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    source: str = "checkpoint",
 ) -> Identity:
     """Say which network and variant a state dict layout (key → shape) belongs to.
 
@@ -360,7 +372,7 @@ def load_network(
     path = header.path
     if expect is not None and identity.network != expect:
         raise CheckpointError(
-            f"{path}: holds a {identity.label} checkpoint, but a {NETWORKS[expect].label} checkpoint is needed here."
+            f"{path}: holds a {identity.label} checkpoint, but this needs a {NETWORKS[expect].label} checkpoint."
         )
     target = dtype or _file_dtype(header)
     if identity.network == "stage_c" and target == torch.float16:
@@ -382,7 +394,7 @@ def load_network(
     except CheckpointError:
         raise
     except Exception as exc:  # the safetensors reader raises its own exception types
-        raise CheckpointError(f"{path}: could not read the tensors ({exc}). Delete the file and download it again.") from None
+        raise CheckpointError(f"{path}: could not read the tensors ({exc}). {REDOWNLOAD}") from None
 
     with torch.device("meta"):
         module = NETWORKS[identity.network].build_class()(**identity.kwargs)

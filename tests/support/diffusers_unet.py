@@ -67,7 +67,7 @@ def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             continue
         key = key.replace(".attention.attn.out_proj.", ".attention.to_out.0.")
         if key.startswith("clip_mapper."):
-            key = "clip_txt_pooled_mapper." + key[len("clip_mapper."):]
+            key = "clip_txt_pooled_mapper." + key[len("clip_mapper.") :]
         out[key] = value.clone()
     return out
 

@@ -16,7 +16,7 @@ from torch import nn
 @torch.no_grad()
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
-    for name, p in module.named_parameters():
+    for p in module.parameters():
         fan_in = p[0].numel() if p.dim() > 1 else 1
         std = 1.0 / math.sqrt(fan_in) if p.dim() > 1 else 0.1
         p.copy_(torch.randn(p.shape, generator=gen) * std)

@@ -1,0 +1,1 @@
+"""Plain-Python domain layer: requests, geometry, metadata (no torch, no Qt)."""

@@ -1,0 +1,169 @@
+"""Stage A, the "Paella" VQGAN mapping images to and from 4-channel latents (``modules/stage_a.py``).
+
+Parameter names match the official ``stage_a.safetensors`` exactly (the codebook lives at
+``vquantizer.codebook.weight``). The module is inference-oriented: the quantizer is only used by
+``encode(x, quantize=True)``, and training-only values (the VQ / commitment loss) are not computed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class StageAResBlock(nn.Module):
+    """Stage A's residual block: channel LayerNorm *before* a replication-padded depthwise conv.
+
+    ``x += depthwise(LN(x) * (1 + g0) + g1) * g2`` then ``x += mlp(LN(x) * (1 + g3) + g4) * g5``,
+    where the six ``g`` are the learnable scalars ``gammas`` and the LayerNorms have no affine
+    parameters (eps 1e-6). This differs from the Stage B/C ResBlock, which normalises after its conv.
+    """
+
+    def __init__(self, c: int, c_hidden: int):
+        super().__init__()
+        self.eps = 1e-6
+        self.depthwise = nn.Sequential(
+            nn.ReplicationPad2d(1),
+            nn.Conv2d(c, c, kernel_size=3, groups=c),
+        )
+        self.channelwise = nn.Sequential(
+            nn.Linear(c, c_hidden),
+            nn.GELU(),
+            nn.Linear(c_hidden, c),
+        )
+        self.gammas = nn.Parameter(torch.zeros(6))
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _norm_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        """Channel LayerNorm of an NCHW tensor, returned as a channels-last (B, H, W, C) view."""
+        h = x.permute(0, 2, 3, 1)
+        return F.layer_norm(h, h.shape[-1:], eps=self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gammas
+        h = self._norm_nhwc(x) * (1 + g[0]) + g[1]
+        x = x + self.depthwise(h.permute(0, 3, 1, 2)) * g[2]
+        h = self._norm_nhwc(x) * (1 + g[3]) + g[4]
+        return x + self.channelwise(h).permute(0, 3, 1, 2) * g[5]
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour codebook lookup (torchtools' ``VectorQuantize`` parameter layout).
+
+    Only the forward lookup is implemented: the returned vectors are exact codebook rows, with no
+    straight-through gradient and no EMA codebook updates (both are training-only).
+    """
+
+    def __init__(self, embedding_size: int, k: int):
+        super().__init__()
+        self.codebook = nn.Embedding(k, embedding_size)
+        nn.init.uniform_(self.codebook.weight, -1.0 / k, 1.0 / k)
+
+    def indices(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest codebook row for each row of ``flat`` (N, C), by squared L2 distance."""
+        codebook = self.codebook.weight
+        dist = torch.addmm(
+            codebook.pow(2).sum(dim=1) + flat.pow(2).sum(dim=1, keepdim=True),
+            flat,
+            codebook.t(),
+            alpha=-2.0,
+        )
+        return dist.argmin(dim=1)
+
+    def forward(self, x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantise ``x`` along ``dim``; returns (quantised tensor shaped like ``x``, indices).
+
+        ``indices`` has the shape of ``x`` without ``dim`` (e.g. (B, H, W) for NCHW input, dim=1).
+        """
+        x = x.movedim(dim, -1)
+        with torch.no_grad():
+            idx = self.indices(x.reshape(-1, x.shape[-1]))
+        q = self.codebook(idx).view(x.shape).movedim(-1, dim)
+        return q, idx.view(x.shape[:-1])
+
+
+class StageA(nn.Module):
+    """Stage A VQGAN. ``encode`` maps (B, 3, H, W) images to (B, c_latent, H/4, W/4) latents
+    divided by ``scale_factor``; ``decode`` multiplies by it and maps latents back to images
+    (unclamped; callers clamp to [0, 1])."""
+
+    def __init__(
+        self,
+        levels: int = 2,
+        bottleneck_blocks: int = 12,
+        c_hidden: int = 384,
+        c_latent: int = 4,
+        codebook_size: int = 8192,
+        scale_factor: float = 0.43,
+    ):
+        super().__init__()
+        self.levels = levels
+        self.bottleneck_blocks = bottleneck_blocks
+        self.c_hidden = c_hidden
+        self.c_latent = c_latent
+        self.codebook_size = codebook_size
+        self.scale_factor = scale_factor
+        c_levels = [c_hidden // (2**i) for i in reversed(range(levels))]
+
+        self.in_block = nn.Sequential(
+            nn.PixelUnshuffle(2),
+            nn.Conv2d(3 * 4, c_levels[0], kernel_size=1),
+        )
+        down: list[nn.Module] = []
+        for i, c in enumerate(c_levels):
+            if i > 0:
+                down.append(nn.Conv2d(c_levels[i - 1], c, kernel_size=4, stride=2, padding=1))
+            down.append(StageAResBlock(c, c * 4))
+        down.append(
+            nn.Sequential(
+                nn.Conv2d(c_levels[-1], c_latent, kernel_size=1, bias=False),
+                nn.BatchNorm2d(c_latent),
+            )
+        )
+        self.down_blocks = nn.Sequential(*down)
+
+        self.vquantizer = VectorQuantizer(c_latent, k=codebook_size)
+
+        up: list[nn.Module] = [nn.Sequential(nn.Conv2d(c_latent, c_levels[-1], kernel_size=1))]
+        for i in range(levels):
+            c = c_levels[levels - 1 - i]
+            for _ in range(bottleneck_blocks if i == 0 else 1):
+                up.append(StageAResBlock(c, c * 4))
+            if i < levels - 1:
+                up.append(nn.ConvTranspose2d(c, c_levels[levels - 2 - i], kernel_size=4, stride=2, padding=1))
+        self.up_blocks = nn.Sequential(*up)
+        self.out_block = nn.Sequential(
+            nn.Conv2d(c_levels[0], 3 * 4, kernel_size=1),
+            nn.PixelShuffle(2),
+        )
+
+    def encode(
+        self, x: torch.Tensor, quantize: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, None]:
+        """Encode images; returns the reference's 4-tuple ``(z, latent, indices, loss)``.
+
+        * ``quantize=False`` (inference, and Stage B training targets): ``(h / scale, None, None, None)``
+          where ``h`` is the BatchNorm output.
+        * ``quantize=True``: ``(codebook[indices] / scale, h / scale, indices, None)`` with indices of
+          shape (B, H/4, W/4). The reference returns ``vq_loss + 0.25 * commit_loss`` as the last item;
+          that loss is training-only and is not computed here (always ``None``).
+        """
+        h = self.down_blocks(self.in_block(x))
+        if quantize:
+            q, indices = self.vquantizer(h, dim=1)
+            return q / self.scale_factor, h / self.scale_factor, indices, None
+        return h / self.scale_factor, None, None, None
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode latents (as produced by Stage B / ``encode``) into unclamped images."""
+        x = self.up_blocks(x * self.scale_factor)
+        return self.out_block(x)
+
+    def forward(self, x: torch.Tensor, quantize: bool = False) -> tuple[torch.Tensor, None]:
+        """Reconstruct ``x``; returns (images, loss) with the training-only loss always ``None``."""
+        z = self.encode(x, quantize)[0]
+        return self.decode(z), None

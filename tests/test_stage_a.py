@@ -1,0 +1,131 @@
+"""Stage A (Paella VQGAN): shapes, parity with diffusers' PaellaVQModel, quantizer, checkpoint keys."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cascade_studio.networks.stage_a import StageA
+from tests.support.random_weights import randomize_
+
+TINY = {"levels": 2, "bottleneck_blocks": 1, "c_hidden": 64, "c_latent": 4, "codebook_size": 64}
+SCALE = 0.43
+MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "checkpoint-manifests" / "stage_a.json"
+
+
+def _tiny(seed: int = 0) -> StageA:
+    return randomize_(StageA(**TINY), seed)
+
+
+def _images(b: int = 2, size: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _latents(b: int = 2, size: int = 16, seed: int = 2) -> torch.Tensor:
+    return torch.randn(b, 4, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _assert_close(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    assert ours.shape == ref.shape
+    diff = (ours - ref).abs().max().item()
+    scale = max(1.0, ref.abs().max().item())
+    assert diff <= 1e-5 * scale, f"max abs diff {diff:.3g} (reference scale {scale:.3g})"
+    return diff
+
+
+@torch.no_grad()
+def test_tiny_shapes_roundtrip():
+    model = _tiny()
+    x = _images()
+    z, latent, indices, loss = model.encode(x)
+    assert z.shape == (2, 4, 16, 16)
+    assert latent is None and indices is None and loss is None
+    y = model.decode(z)
+    assert y.shape == (2, 3, 64, 64)
+    assert torch.isfinite(y).all()
+    assert model.scale_factor == SCALE
+    y2, loss2 = model(x)
+    assert loss2 is None
+    torch.testing.assert_close(y2, y, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_decode_matches_diffusers():
+    from tests.support.diffusers_vqgan import to_diffusers_paella
+
+    model = _tiny(seed=3)
+    theirs = to_diffusers_paella(model).eval()
+    assert theirs.config.scale_factor == SCALE
+    z = _latents()
+    ref = theirs.decode(z * SCALE, force_not_quantize=True).sample
+    _assert_close(model.decode(z), ref)
+
+
+@torch.no_grad()
+def test_encode_matches_diffusers():
+    from tests.support.diffusers_vqgan import to_diffusers_paella
+
+    model = _tiny(seed=4)
+    theirs = to_diffusers_paella(model).eval()
+    x = _images() * 2 - 1
+    ref = theirs.encode(x).latents / SCALE
+    _assert_close(model.encode(x)[0], ref)
+
+
+@torch.no_grad()
+def test_quantize_snaps_to_nearest_codebook_entry():
+    from tests.support.diffusers_vqgan import to_diffusers_paella
+
+    model = _tiny(seed=5)
+    x = _images(seed=6)
+    plain = model.encode(x)[0]
+    # randomize_ leaves the BatchNorm output small compared with the codebook (every latent would
+    # snap to one entry); spread the codebook over the latents' actual distribution instead
+    h = (plain * SCALE).permute(0, 2, 3, 1).reshape(-1, 4)
+    noise = torch.randn(64, 4, generator=torch.Generator().manual_seed(7))
+    model.vquantizer.codebook.weight.copy_(noise * h.std(0) + h.mean(0))
+    q, latent, indices, loss = model.encode(x, quantize=True)
+    assert loss is None
+    assert indices.shape == (2, 16, 16) and indices.dtype == torch.long
+    torch.testing.assert_close(latent, plain, rtol=0, atol=0)
+
+    # brute-force nearest neighbour in float64
+    codebook = model.vquantizer.codebook.weight
+    flat = (latent * SCALE).permute(0, 2, 3, 1).reshape(-1, 4).double()
+    dist = (flat[:, None, :] - codebook.double()[None, :, :]).pow(2).sum(-1)
+    expected = dist.argmin(dim=1).view(2, 16, 16)
+    assert torch.equal(indices, expected)
+    assert indices.unique().numel() > 16
+
+    # the quantized latents are exactly the (scaled) codebook rows, and differ from the raw latents
+    rows = codebook[indices].permute(0, 3, 1, 2)
+    torch.testing.assert_close(q * SCALE, rows, rtol=0, atol=1e-7)
+    assert (q - plain).abs().max() > 1e-3
+
+    # diffusers' own quantizer (torch.cdist) agrees on the decoded result
+    theirs = to_diffusers_paella(model).eval()
+    ref = theirs.decode(theirs.encode(x).latents, force_not_quantize=False).sample
+    _assert_close(model.decode(q), ref)
+
+
+def test_meta_default_matches_manifest():
+    if not MANIFEST.exists():
+        pytest.skip(f"checkpoint manifest not found at {MANIFEST}")
+    manifest = json.loads(MANIFEST.read_text())
+    assert manifest["constructor_kwargs"] == {}
+    with torch.device("meta"):
+        model = StageA()
+    assert model.scale_factor == SCALE
+    sd = model.state_dict()
+    assert all(t.is_meta for t in sd.values())
+    ours = {k: list(v.shape) for k, v in sd.items()}
+    expected = {t["key"]: t["shape"] for t in manifest["tensors"]}
+    assert ours == expected
+    assert len(ours) == manifest["num_tensors"]
+    n_params = sum(math.prod(p.shape) for p in model.parameters())
+    assert n_params == manifest["num_parameters"]
+    assert sd["down_blocks.3.1.num_batches_tracked"].dtype == torch.int64
