@@ -30,6 +30,9 @@ META_CONFIG = "cascade_studio.config"
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+CPU_ALIGNMENT = 64
+# torch.save writes a zip archive (or, in old versions, a bare pickle) under any file name.
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02")
 REDOWNLOAD = "Delete the file and download it again."
 
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -163,8 +166,6 @@ def read_header(path: str | os.PathLike) -> Header:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
-            if head[:2] == b"PK" or head[:1] == b"\x80":
-                _refuse_pickle(path)
             if len(head) < 8:
                 raise CheckpointError(
                     f"{path}: {size} bytes is too small for a safetensors file; the download is incomplete "
@@ -172,6 +173,8 @@ def read_header(path: str | os.PathLike) -> Header:
                 )
             (header_len,) = struct.unpack("<Q", head)
             if header_len > min(size - 8, MAX_HEADER_BYTES):
+                if head.startswith(TORCH_SAVE_MAGIC):
+                    _refuse_pickle(path)
                 raise CheckpointError(
                     f"{path}: not a valid safetensors file (its header claims {header_len} bytes but the file "
                     f"has {size}); it is truncated or corrupt. {REDOWNLOAD}"
@@ -390,6 +393,10 @@ def load_network(
                 tensor = f.get_tensor(key)
                 if tensor.is_floating_point() and tensor.dtype != target:
                     tensor = tensor.to(target)
+                elif tensor.device.type == "cpu" and tensor.data_ptr() % CPU_ALIGNMENT:
+                    # A view into the memory map at an unaligned address: CPU kernels would take
+                    # other (slower, not bit-identical) code paths. Copy it, one tensor at a time.
+                    tensor = tensor.clone()
                 state[key] = tensor
     except CheckpointError:
         raise
