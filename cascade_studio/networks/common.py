@@ -31,7 +31,8 @@ class GlobalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
         n = g / (g.mean(dim=-1, keepdim=True) + 1e-6)
-        return torch.addcmul(self.beta + x, self.gamma, x * n)
+        # gamma·(x·n) + beta + x, regrouped as beta + x·(1 + gamma·n): one pass over the big tensor.
+        return torch.addcmul(self.beta, x, 1 + self.gamma * n)
 
 
 class ResBlock(nn.Module):

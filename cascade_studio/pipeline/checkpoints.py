@@ -4,8 +4,8 @@ A checkpoint is first *inspected*: its safetensors header is parsed and validate
 truncated or corrupt file fails with a message naming the file rather than deep inside a library.
 The key set then says which network it holds, and the shapes which variant (Stage C full or lite,
 …). Files that match no released layout (our tiny demo and test networks) carry their constructor
-keywords in the safetensors metadata. Loading builds the module on the ``meta`` device and assigns
-the memory-mapped tensors into it, so the weights are never held twice.
+keywords in the safetensors metadata. Loading builds the module on the ``meta`` device and
+assigns the tensors into it as they are read, so the weights are never held twice.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 #: Safetensors metadata keys with which we describe networks that match no released layout.
@@ -30,7 +29,6 @@ META_CONFIG = "cascade_studio.config"
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-CPU_ALIGNMENT = 64
 # torch.save writes a zip archive (or, in old versions, a bare pickle) under any file name.
 TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02")
 REDOWNLOAD = "Delete the file and download it again."
@@ -118,6 +116,8 @@ class CheckpointError(ValueError):
 class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
+    begin: int = 0  # byte offsets into the data section
+    end: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,7 @@ class Header:
     path: Path
     tensors: Mapping[str, TensorInfo]
     metadata: Mapping[str, str] = field(default_factory=dict)
+    data_start: int = 0  # file offset of the data section
 
     @property
     def float_dtypes(self) -> set[str]:
@@ -213,10 +214,10 @@ def read_header(path: str | os.PathLike) -> Header:
                 f"{path}: tensor {key!r} occupies {end - begin} bytes but {dtype} {list(shape)} needs "
                 f"{expected}; the file is corrupt. {REDOWNLOAD}"
             )
-        tensors[key] = TensorInfo(dtype, shape)
+        tensors[key] = TensorInfo(dtype, shape, begin, end)
     if not tensors:
         raise CheckpointError(f"{path}: the safetensors file holds no tensors")
-    return Header(path, tensors, {str(k): str(v) for k, v in metadata.items()})
+    return Header(path, tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + header_len)
 
 
 def _family(keys: set[str]) -> str | None:
@@ -343,6 +344,38 @@ def identify(path: str | os.PathLike) -> tuple[Header, Identity]:
     return header, identify_layout(header.shapes, header.metadata, source=str(header.path))
 
 
+def read_tensors(
+    header: Header, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, tensor)`` for every tensor of a validated safetensors file.
+
+    Each tensor is read straight from the file into its own freshly allocated (aligned) memory:
+    no memory map stays resident beside the weights, so a load peaks at one copy of them plus
+    one tensor. Floating tensors are converted to ``dtype`` and moved to ``device`` one by one.
+    """
+    try:
+        with open(header.path, "rb", buffering=0) as f:
+            for key, info in sorted(header.tensors.items(), key=lambda item: item[1].begin):
+                tensor = torch.empty(info.shape, dtype=DTYPES[info.dtype][0])
+                if tensor.numel():
+                    f.seek(header.data_start + info.begin)
+                    _read_exactly(f, memoryview(tensor.view(-1).view(torch.uint8).numpy()), header.path, key)
+                if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                    tensor = tensor.to(dtype)
+                yield key, tensor.to(device)
+    except OSError as exc:
+        raise CheckpointError(f"{header.path}: could not read the tensors ({exc})") from None
+
+
+def _read_exactly(f, buffer: memoryview, path: Path, key: str) -> None:
+    done = 0
+    while done < len(buffer):  # one read() returns at most ~2 GiB on Linux
+        n = f.readinto(buffer[done:])
+        if not n:
+            raise CheckpointError(f"{path}: the file ended inside tensor {key!r}; it is truncated. {REDOWNLOAD}")
+        done += n
+
+
 @dataclass
 class LoadedNetwork:
     module: torch.nn.Module
@@ -386,23 +419,7 @@ def load_network(
             "stage_c_bf16 / stage_c (float32) files, or choose bfloat16 or float32 precision."
         )
 
-    state: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point() and tensor.dtype != target:
-                    tensor = tensor.to(target)
-                elif tensor.device.type == "cpu" and tensor.data_ptr() % CPU_ALIGNMENT:
-                    # A view into the memory map at an unaligned address: CPU kernels would take
-                    # other (slower, not bit-identical) code paths. Copy it, one tensor at a time.
-                    tensor = tensor.clone()
-                state[key] = tensor
-    except CheckpointError:
-        raise
-    except Exception as exc:  # the safetensors reader raises its own exception types
-        raise CheckpointError(f"{path}: could not read the tensors ({exc}). {REDOWNLOAD}") from None
-
+    state = dict(read_tensors(header, dtype=target, device=device))
     with torch.device("meta"):
         module = NETWORKS[identity.network].build_class()(**identity.kwargs)
     module.load_state_dict(state, strict=True, assign=True)
