@@ -29,7 +29,9 @@ class GlobalResponseNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
+        # The L2 norm over H and W; square-sum-sqrt is ~5x faster on CPU than vector_norm at
+        # Stage C sizes (benchmarks/networks.py) and as fast at Stage B sizes.
+        g = x.square().sum(dim=(1, 2), keepdim=True).sqrt()
         n = g / (g.mean(dim=-1, keepdim=True) + 1e-6)
         # gamma·(x·n) + beta + x, regrouped as beta + x·(1 + gamma·n): one pass over the big tensor.
         return torch.addcmul(self.beta, x, 1 + self.gamma * n)
