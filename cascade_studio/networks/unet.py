@@ -65,16 +65,12 @@ class CascadeUNet(nn.Module):
         self.down_downscalers = nn.ModuleList()
         self.down_repeat_mappers = nn.ModuleList()
         for i in range(levels):
-            self.down_downscalers.append(
-                downscaler(c_hidden[i - 1], c_hidden[i], i) if i > 0 else nn.Identity()
-            )
+            self.down_downscalers.append(downscaler(c_hidden[i - 1], c_hidden[i], i) if i > 0 else nn.Identity())
             self.down_blocks.append(
                 nn.ModuleList(block(kind, i) for _ in range(blocks[0][i]) for kind in level_config[i])
             )
             self.down_repeat_mappers.append(
-                nn.ModuleList(
-                    nn.Conv2d(c_hidden[i], c_hidden[i], kernel_size=1) for _ in range(block_repeat[0][i] - 1)
-                )
+                nn.ModuleList(nn.Conv2d(c_hidden[i], c_hidden[i], kernel_size=1) for _ in range(block_repeat[0][i] - 1))
             )
 
         self.up_blocks = nn.ModuleList()
@@ -90,8 +86,7 @@ class CascadeUNet(nn.Module):
             self.up_blocks.append(up_block)
             self.up_repeat_mappers.append(
                 nn.ModuleList(
-                    nn.Conv2d(c_hidden[i], c_hidden[i], kernel_size=1)
-                    for _ in range(block_repeat[1][::-1][i] - 1)
+                    nn.Conv2d(c_hidden[i], c_hidden[i], kernel_size=1) for _ in range(block_repeat[1][::-1][i] - 1)
                 )
             )
 
@@ -123,9 +118,7 @@ class CascadeUNet(nn.Module):
 
     def _down_encode(self, x, r_embed, clip, cnet: Iterator | None = None) -> list[torch.Tensor]:
         level_outputs = []
-        for down_block, downscaler, repmap in zip(
-            self.down_blocks, self.down_downscalers, self.down_repeat_mappers
-        ):
+        for down_block, downscaler, repmap in zip(self.down_blocks, self.down_downscalers, self.down_repeat_mappers):
             x = downscaler(x)
             for i in range(len(repmap) + 1):
                 for block in down_block:
