@@ -1,46 +1,27 @@
-"""Tiny random-weight versions of every network, with inputs to run them on."""
+"""The demo model set's tiny networks, with inputs to run them on."""
 
 from __future__ import annotations
 
 import torch
 
-from cascade_studio.pipeline.checkpoints import NETWORKS
-from tests.support.configs import bench_config
-from tests.support.random_weights import randomize_
+from cascade_studio.pipeline.demo import DEMO_NETWORKS, build_demo_network
 
-_BENCH = bench_config("tiny")
-_TINY_EFFNET_STAGES = [["fused", 1, 3, 1, 8, 8, 1], ["fused", 4, 3, 2, 8, 16, 1], ["mb", 4, 3, 2, 16, 24, 1]]
-
-#: name -> (network, constructor keywords)
-TINY: dict[str, tuple[str, dict]] = {
-    "stage_c": ("stage_c", _BENCH["stage_c"]),
-    "stage_b": ("stage_b", _BENCH["stage_b"]),
-    "stage_a": ("stage_a", _BENCH["stage_a"]),
-    "effnet": ("effnet", {"c_latent": 16, "stages": _TINY_EFFNET_STAGES, "last_channels": 32}),
-    "previewer": ("previewer", {"c_in": 16, "c_hidden": 32, "c_out": 3}),
-    "controlnet_inpainting": (
-        "controlnet",
-        {"c_in": 4, "c_proj": 128, "proj_blocks": [0, 3], "backbone_stages": _TINY_EFFNET_STAGES, "c_embd": 32},
-    ),
-    "controlnet_super_resolution": (
-        "controlnet",
-        {
-            "c_in": 16,
-            "c_proj": 128,
-            "proj_blocks": [1, 2],
-            "bottleneck_mode": "large",
-            "large_c_wide": 32,
-            "large_c_hidden": 16,
-            "large_depth": 1,
-            "c_embd": 32,
-        },
-    ),
+_FILES = {
+    "stage_c": "stage_c_lite.safetensors",
+    "stage_b": "stage_b_lite.safetensors",
+    "stage_a": "stage_a.safetensors",
+    "effnet": "effnet_encoder.safetensors",
+    "previewer": "previewer.safetensors",
+    "controlnet_inpainting": "controlnet/inpainting.safetensors",
+    "controlnet_super_resolution": "controlnet/super_resolution.safetensors",
 }
+
+#: name -> (network, constructor keywords): the demo model set's networks
+TINY: dict[str, tuple[str, dict]] = {name: DEMO_NETWORKS[file] for name, file in _FILES.items()}
 
 
 def build_tiny(name: str, seed: int = 0) -> torch.nn.Module:
-    network, kwargs = TINY[name]
-    return randomize_(NETWORKS[network].build_class()(**kwargs), seed)
+    return build_demo_network(_FILES[name], seed)
 
 
 def run_tiny(name: str, module: torch.nn.Module, seed: int = 0) -> list[torch.Tensor]:
@@ -59,7 +40,7 @@ def run_tiny(name: str, module: torch.nn.Module, seed: int = 0) -> list[torch.Te
                 torch.rand(2, generator=g).to(dtype),
                 randn(2, 77, kw["c_clip_text"]),
                 randn(2, 1, kw["c_clip_text_pooled"]),
-                randn(2, 1, kw["c_clip_img"]),
+                randn(2, 1, 768),
             )
             return [out]
         if name == "stage_b":

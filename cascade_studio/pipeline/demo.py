@@ -1,0 +1,114 @@
+"""Demo weights: tiny random-weight networks with the official file and key names.
+
+`cascade-studio generate --demo` (and the test suite) build this model set in seconds, offline,
+and run the real loader and pipeline on it, so every screen can be tried before a 10 GB
+download. Demo weights produce noise, not pictures; everything made with them says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoints import NETWORKS, save_network
+
+DEMO_NOTICE = "demo weights (tiny random networks): the images are noise, not pictures"
+
+_EFFNET_STAGES = [["fused", 1, 3, 1, 8, 8, 1], ["fused", 4, 3, 2, 8, 16, 1], ["mb", 4, 3, 2, 16, 24, 1]]
+
+#: official file name -> (network, constructor keywords); the Stage B/C layouts are the shared
+#: benchmark's "tiny" configurations (the real block structure at tiny widths).
+DEMO_NETWORKS: dict[str, tuple[str, dict]] = {
+    "stage_c_lite.safetensors": (
+        "stage_c",
+        {
+            "c_cond": 128,
+            "c_hidden": [128, 128],
+            "nhead": [2, 2],
+            "blocks": [[1, 1], [1, 1]],
+            "c_clip_text": 32,
+            "c_clip_text_pooled": 32,
+        },
+    ),
+    "stage_b_lite.safetensors": (
+        "stage_b",
+        {
+            "c_cond": 128,
+            "c_hidden": [16, 32, 64, 128],
+            "nhead": [-1, -1, 1, 2],
+            "blocks": [[1, 1, 1, 1], [1, 1, 1, 1]],
+            "block_repeat": [[1, 1, 1, 1], [3, 3, 2, 2]],
+            "c_clip": 32,
+        },
+    ),
+    "stage_a.safetensors": ("stage_a", {"bottleneck_blocks": 1, "c_hidden": 64, "codebook_size": 64}),
+    "effnet_encoder.safetensors": ("effnet", {"c_latent": 16, "stages": _EFFNET_STAGES, "last_channels": 32}),
+    "previewer.safetensors": ("previewer", {"c_in": 16, "c_hidden": 32, "c_out": 3}),
+    "controlnet/inpainting.safetensors": (
+        "controlnet",
+        {"c_in": 4, "c_proj": 128, "proj_blocks": [0, 3], "backbone_stages": _EFFNET_STAGES, "c_embd": 32},
+    ),
+    "controlnet/canny.safetensors": (
+        "controlnet",
+        {"c_in": 1, "c_proj": 128, "proj_blocks": [0, 3], "backbone_stages": _EFFNET_STAGES, "c_embd": 32},
+    ),
+    "controlnet/super_resolution.safetensors": (
+        "controlnet",
+        {
+            "c_in": 16,
+            "c_proj": 128,
+            "proj_blocks": [1, 2],
+            "bottleneck_mode": "large",
+            "large_c_wide": 32,
+            "large_c_hidden": 16,
+            "large_depth": 1,
+            "c_embd": 32,
+        },
+    ),
+}
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter a deterministic, non-zero random value and put ``module`` in eval mode.
+
+    The reference zero-initialises GRN, TimestepBlock and output layers, which would hide wiring
+    mistakes and make demo outputs constant; values are scaled by fan-in so deep tiny networks keep
+    their activations in a sane range. BatchNorm statistics get plausible values.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        if p.dim() > 1:
+            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    for name, b in module.named_buffers():
+        if name.endswith("running_mean"):
+            b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+        elif name.endswith("running_var"):
+            b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+        elif b.is_floating_point():
+            b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+    return module.eval()
+
+
+def build_demo_network(file_name: str, seed: int = 0) -> nn.Module:
+    network, kwargs = DEMO_NETWORKS[file_name]
+    return randomize_(NETWORKS[network].build_class()(**kwargs), seed)
+
+
+def write_demo_models(folder: str | Path, *, seed: int = 0) -> Path:
+    """Write the demo model set into ``folder`` (skipped when an identical set is already there)."""
+    folder = Path(folder)
+    stamp = folder / "DEMO_WEIGHTS.json"
+    wanted = {"seed": seed, "networks": DEMO_NETWORKS, "notice": DEMO_NOTICE}
+    if stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(wanted)):
+        return folder
+    for i, (name, (network, kwargs)) in enumerate(sorted(DEMO_NETWORKS.items())):
+        save_network(build_demo_network(name, seed + i), folder / name, network, kwargs)
+    stamp.write_text(json.dumps(wanted, indent=1))
+    return folder
