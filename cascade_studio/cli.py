@@ -76,6 +76,135 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 1024x1024, not {text!r}") from None
+    return w, h
+
+
+def demo_folder() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "cascade-studio" / "demo-models"
+
+
+def _progress(event) -> None:
+    names = {"c": "Stage C", "b": "Stage B", "a": "Stage A"}
+    width = 24
+    filled = round(width * event.step / event.total)
+    bar = "#" * filled + "-" * (width - filled)
+    end = "\n" if event.step == event.total else ""
+    print(f"\r  {names[event.stage]} [{bar}] {event.step}/{event.total}", end=end, file=sys.stderr, flush=True)
+
+
+def _unique_path(folder: Path, stem: str) -> Path:
+    path = folder / f"{stem}.png"
+    n = 1
+    while path.exists():
+        path = folder / f"{stem}-{n}.png"
+        n += 1
+    return path
+
+
+def _usage_error(message: str) -> int:
+    print(f"cascade-studio generate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import secrets
+    import time
+
+    from .core.geometry import snap_size
+    from .core.request import GenerationRequest, StageSettings
+
+    width, height = args.size
+    snapped_w, snapped_h, note = snap_size(width, height)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    mode, source = "text", None
+    if args.image and args.variation:
+        return _usage_error("use either --image (image-to-image) or --variation, not both")
+    if args.count < 1:
+        return _usage_error("--count must be at least 1")
+    if args.image:
+        mode, source = "img2img", args.image
+    elif args.variation:
+        mode, source = "variation", args.variation
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    try:
+        request = GenerationRequest(
+            prompt=args.prompt,
+            negative_prompt=args.negative,
+            width=snapped_w,
+            height=snapped_h,
+            seed=seed,
+            batch_size=args.batch,
+            stage_c=StageSettings(args.steps_c, args.cfg_c, args.shift),
+            stage_b=StageSettings(args.steps_b, args.cfg_b, 1.0),
+            variant=args.variant,
+            mode=mode,
+            source_image=str(Path(source).resolve()) if source else None,
+            strength=args.strength,
+            sampler=args.sampler,
+        )
+        request.validate()
+    except ValueError as exc:
+        return _usage_error(str(exc))
+
+    from .core.metadata import png_text_chunks, save_png_atomic
+    from .pipeline.demo import DEMO_NOTICE, write_demo_models
+    from .pipeline.device import choose_device, choose_dtype
+    from .pipeline.generate import Pipeline
+    from .pipeline.images import load_image, to_pil
+    from .pipeline.models import MissingWeights, ModelSet
+
+    try:
+        device = choose_device(args.device)
+        dtype = choose_dtype(args.dtype, device)
+        source_tensor = load_image(source) if source else None
+    except ValueError as exc:
+        return _usage_error(str(exc))
+    models_dir = Path(args.models_dir)
+    if args.demo:
+        print(f"Using {DEMO_NOTICE}.", file=sys.stderr)
+        models_dir = write_demo_models(demo_folder())
+    models = ModelSet(models_dir, variant=request.variant, device=device, dtype=dtype)
+    try:
+        files = models.check(request.mode)
+    except MissingWeights as exc:
+        print(f"cascade-studio generate: {exc}", file=sys.stderr)
+        return 2
+    model_name = "demo" if args.demo else files["stage_c"].name.removesuffix(".safetensors")
+    print(f"{device.type}, {str(dtype).removeprefix('torch.')}, weights from {models_dir}", file=sys.stderr)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline(models)
+    written = []
+    try:
+        for job in range(args.count):
+            job_request = request.with_(seed=request.seed + job * request.batch_size)
+            print(f"Generating {job + 1}/{args.count} (seed {job_request.seed})", file=sys.stderr)
+            started = time.perf_counter()
+            images = pipeline.run(job_request, on_progress=_progress, source_image=source_tensor)
+            for image in images:
+                stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{image.request.seed}"
+                texts = png_text_chunks(image.request, model_name, __version__)
+                written.append(save_png_atomic(_unique_path(out, stem), to_pil(image.pixels), texts))
+            print(f"  {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\nCancelled; the unfinished run wrote nothing ({len(written)} earlier image(s) kept).", file=sys.stderr)
+        return 130
+    finally:
+        for path in written:
+            print(path)
+    if args.demo:
+        print(f"Made with {DEMO_NOTICE}.", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascade-studio", description="Run Stable Cascade on your own machine.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -89,6 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="check .safetensors files and say which network each holds")
     inspect.add_argument("files", nargs="+", metavar="FILE")
     inspect.set_defaults(func=cmd_inspect)
+
+    gen = sub.add_parser("generate", help="generate images from a prompt (headless)")
+    gen.add_argument("prompt")
+    gen.add_argument("--negative", default="", help="negative prompt (default: empty)")
+    gen.add_argument("--size", type=_size, default=(1024, 1024), metavar="WxH", help="default 1024x1024")
+    gen.add_argument("--seed", type=int, help="seed of the first image (default: random); image i uses seed+i")
+    gen.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
+    gen.add_argument("--count", type=int, default=1, help="number of runs (default 1)")
+    gen.add_argument("--steps-c", type=int, default=20, help="Stage C steps (default 20)")
+    gen.add_argument("--steps-b", type=int, default=10, help="Stage B steps (default 10)")
+    gen.add_argument("--cfg-c", type=float, default=4.0, help="Stage C guidance (default 4)")
+    gen.add_argument("--cfg-b", type=float, default=1.1, help="Stage B guidance (default 1.1)")
+    gen.add_argument("--shift", type=float, default=2.0, help="Stage C noise shift (default 2)")
+    gen.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    gen.add_argument("--variant", choices=("lite", "full"), default="lite")
+    gen.add_argument("--image", metavar="PATH", help="image-to-image from this image")
+    gen.add_argument("--strength", type=float, default=0.8, help="image-to-image strength (default 0.8)")
+    gen.add_argument("--variation", metavar="PATH", help="image variation of this image")
+    gen.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    gen.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="precision (fp16 is refused)")
+    gen.add_argument("--demo", action="store_true", help="use tiny demo weights (noise, not pictures)")
+    gen.set_defaults(func=cmd_generate)
     return parser
 
 

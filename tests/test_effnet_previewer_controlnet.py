@@ -35,6 +35,7 @@ TINY_LAST = 40
 
 def _torchvision_features(stages, last_channel):
     from torchvision.models import efficientnet as tv
+
     cfgs = [
         (tv.FusedMBConvConfig if kind == "fused" else tv.MBConvConfig)(expand, kernel, stride, c_in, c_out, n)
         for kind, expand, kernel, stride, c_in, c_out, n in stages
@@ -62,6 +63,7 @@ def _compare_stagewise(ours, ref, x):
 @torch.no_grad()
 def test_released_backbone_matches_torchvision():
     from torchvision import models as tvm
+
     ref = tvm.efficientnet_v2_s(weights=None).features.eval()
     ours = randomize_(EfficientNetV2Features(), seed=1)
     assert list(ours.state_dict()) == list(ref.state_dict())

@@ -110,7 +110,7 @@ class StageB(CascadeUNet):
         """Predict the noise ε for Stage A latents ``x`` given the Stage C latent ``effnet``."""
         if pixels is None:
             pixels = x.new_zeros(x.size(0), self.c_pixels, 8, 8)
-        r_embed = self._r_embed(r, kwargs)
+        r_embed = self._r_embed(r, kwargs).to(x.dtype)
         clip = self.gen_c_embeddings(clip)
 
         x = self.embedding(x)

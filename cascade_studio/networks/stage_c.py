@@ -130,7 +130,7 @@ class StageC(CascadeUNet):
     ) -> torch.Tensor:
         """Predict the noise ε. ``cnet`` is a ControlNet's feature list, one entry per ResBlock
         in execution order (``None`` entries add nothing); ``sca``/``crp`` default to zeros."""
-        r_embed = self._r_embed(r, kwargs)
+        r_embed = self._r_embed(r, kwargs).to(x.dtype)
         clip = self.gen_c_embeddings(clip_text, clip_text_pooled, clip_img)
         x = self.embedding(x)
         control = iter(cnet) if cnet is not None else None

@@ -433,12 +433,19 @@ def save_network(module: torch.nn.Module, path: str | os.PathLike, network: str,
     The metadata records the network and its constructor keywords, so layouts that match no
     released variant (demo and test networks) can be loaded again. Written atomically.
     """
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    return write_safetensors(state, path, {META_NETWORK: network, META_CONFIG: json.dumps(dict(kwargs))})
+
+
+def write_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]
+) -> Path:
+    """Write a safetensors file atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     try:
-        save_file(state, str(tmp), metadata={META_NETWORK: network, META_CONFIG: json.dumps(dict(kwargs))})
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,7 +18,14 @@ from .checkpoints import NETWORKS, save_network
 
 DEMO_NOTICE = "demo weights (tiny random networks): the images are noise, not pictures"
 
-_EFFNET_STAGES = [["fused", 1, 3, 1, 8, 8, 1], ["fused", 4, 3, 2, 8, 16, 1], ["mb", 4, 3, 2, 16, 24, 1]]
+# Stride 32 like EfficientNetV2-S: a stride-2 stem and four stride-2 stages.
+_EFFNET_STAGES = [
+    ["fused", 1, 3, 1, 8, 8, 1],
+    ["fused", 4, 3, 2, 8, 16, 1],
+    ["fused", 4, 3, 2, 16, 16, 1],
+    ["mb", 4, 3, 2, 16, 24, 1],
+    ["mb", 4, 3, 2, 24, 24, 1],
+]
 
 #: official file name -> (network, constructor keywords); the Stage B/C layouts are the shared
 #: benchmark's "tiny" configurations (the real block structure at tiny widths).
@@ -72,6 +79,19 @@ DEMO_NETWORKS: dict[str, tuple[str, dict]] = {
 }
 
 
+#: open_clip model configs of the demo CLIP encoders (tiny towers, the real tokenizer's vocabulary;
+#: the image embedding keeps the real 768 width that Stage C expects).
+DEMO_TEXT_CLIP = {
+    "embed_dim": 32,
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+}
+DEMO_IMAGE_CLIP = {
+    "embed_dim": 768,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
+}
+
+
 @torch.no_grad()
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     """Give every parameter a deterministic, non-zero random value and put ``module`` in eval mode.
@@ -86,7 +106,10 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
             p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
         else:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    persistent = set(module.state_dict())  # non-persistent buffers (attention masks …) stay as built
     for name, b in module.named_buffers():
+        if name not in persistent:
+            continue
         if name.endswith("running_mean"):
             b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
         elif name.endswith("running_var"):
@@ -105,10 +128,34 @@ def write_demo_models(folder: str | Path, *, seed: int = 0) -> Path:
     """Write the demo model set into ``folder`` (skipped when an identical set is already there)."""
     folder = Path(folder)
     stamp = folder / "DEMO_WEIGHTS.json"
-    wanted = {"seed": seed, "networks": DEMO_NETWORKS, "notice": DEMO_NOTICE}
-    if stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(wanted)):
-        return folder
+    wanted = json.loads(
+        json.dumps(
+            {
+                "seed": seed,
+                "networks": DEMO_NETWORKS,
+                "text": DEMO_TEXT_CLIP,
+                "image": DEMO_IMAGE_CLIP,
+                "notice": DEMO_NOTICE,
+            }
+        )
+    )
+    try:
+        if json.loads(stamp.read_text()) == wanted:
+            return folder
+    except (OSError, ValueError):
+        pass  # no stamp, or a half-written one: (re)build
     for i, (name, (network, kwargs)) in enumerate(sorted(DEMO_NETWORKS.items())):
         save_network(build_demo_network(name, seed + i), folder / name, network, kwargs)
+    _write_demo_clip(folder, seed)
     stamp.write_text(json.dumps(wanted, indent=1))
     return folder
+
+
+def _write_demo_clip(folder: Path, seed: int) -> None:
+    from .conditioning import build_text_tower, build_vision_tower, save_clip
+    from .models import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE
+
+    text = randomize_(build_text_tower(DEMO_TEXT_CLIP), seed + 100)
+    save_clip(text.state_dict(), folder / TEXT_ENCODER_FILE, DEMO_TEXT_CLIP)
+    vision = randomize_(build_vision_tower(DEMO_IMAGE_CLIP), seed + 101)
+    save_clip({f"visual.{k}": v for k, v in vision.state_dict().items()}, folder / IMAGE_ENCODER_FILE, DEMO_IMAGE_CLIP)

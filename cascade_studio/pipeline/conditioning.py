@@ -1,0 +1,425 @@
+"""CLIP conditioning: the ViT-bigG-14 text encoder and the ViT-L/14 image encoder.
+
+Both are open_clip towers read from open_clip-format safetensors checkpoints (a full CLIP file:
+text keys at the top level, the vision tower under ``visual.``); only the tower that is needed is
+built (on the ``meta`` device) and only its tensors are read. No network access is ever needed:
+the tokenizer's BPE vocabulary ships with open_clip.
+
+The reference conditions Stable Cascade with Hugging Face's ``CLIPTextModelWithProjection`` called
+*with* the tokenizer's attention mask. open_clip's own text forward has no padding mask, and the
+hidden states at padded positions (which Stage C attends to) then differ, so :class:`TextEncoder`
+runs the blocks itself with the causal mask plus a key-padding mask (every position after the first
+end-of-text token is padding) and returns
+
+* ``clip_text``: the last block's output *before* ``ln_final``, at all 77 positions, (B, 77, C);
+* ``clip_text_pooled``: ``ln_final`` at the end-of-text position, times ``text_projection``
+  (not normalised), (B, 1, C_proj).
+
+:class:`ImageEncoder` returns the projected (not normalised) ViT-L/14 image embedding, (B, 1, 768),
+after CLIP's preprocessing. open_clip itself is imported only when an encoder is built or a prompt
+tokenised, since importing it takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoints import (
+    DTYPES,
+    META_CONFIG,
+    META_NETWORK,
+    CheckpointError,
+    Header,
+    layout_diff,
+    read_header,
+    read_tensors,
+    write_safetensors,
+)
+
+#: ``cascade_studio.network`` value of CLIP files that carry their open_clip model config in the
+#: safetensors metadata (``cascade_studio.config``: ``{"embed_dim", "text_cfg", "vision_cfg",
+#: "quick_gelu"}``), used for tiny demo and test encoders that match no open_clip model name.
+CLIP_NETWORK = "open_clip"
+
+TEXT_MODEL = "ViT-bigG-14"  # laion2b_s39b_b160k: trained with exact GELU
+IMAGE_MODEL = "ViT-L-14-quickgelu"  # ViT-L/14 for the OpenAI weights, which were trained with QuickGELU
+SOT_TOKEN_ID = 49406
+EOT_TOKEN_ID = 49407
+CONTEXT_LENGTH = 77
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: Keys of a full open_clip CLIP checkpoint that belong to neither tower.
+_SHARED_KEYS = {"logit_scale", "logit_bias"}
+_VISUAL = "visual."
+
+
+def _model_config(header: Header, model_name: str, tower_cfg: str) -> dict:
+    """The open_clip model config for a file: from its metadata if it carries one, else by name."""
+    if header.metadata.get(META_NETWORK) == CLIP_NETWORK and META_CONFIG in header.metadata:
+        try:
+            cfg = json.loads(header.metadata[META_CONFIG])
+            if not isinstance(cfg, dict) or "embed_dim" not in cfg or not isinstance(cfg.get(tower_cfg), dict):
+                raise ValueError(f"not an open_clip model config with 'embed_dim' and {tower_cfg!r}")
+        except ValueError as exc:
+            raise CheckpointError(f"{header.path}: metadata {META_CONFIG!r} is not usable ({exc})") from None
+        return cfg
+    import open_clip
+
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f"open_clip knows no model called {model_name!r}")
+    return cfg
+
+
+def _target_dtype(header: Header, keys: Sequence[str], dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is not None:
+        return dtype
+    floats = {header.tensors[k].dtype for k in keys} & {"F64", "F32", "F16", "BF16"}
+    return DTYPES[floats.pop()][0] if len(floats) == 1 else torch.float32
+
+
+def _load_tower(
+    tower: nn.Module,
+    header: Header,
+    keys: Mapping[str, str],
+    *,
+    what: str,
+    dtype: torch.dtype | None,
+    device: str | torch.device,
+) -> torch.dtype:
+    """Assign the tensors ``keys`` (file key -> tower key) of ``header`` into the meta-built ``tower``.
+
+    Strict: a missing, unexpected or wrongly shaped key is a :class:`CheckpointError` naming the file.
+    """
+    path = header.path
+    expected = {k: tuple(v.shape) for k, v in tower.state_dict().items()}
+    found = {tower_key: header.tensors[file_key].shape for file_key, tower_key in keys.items()}
+    if not found:
+        raise CheckpointError(
+            f"{path}: holds no {what} tensors; expected an open_clip-format CLIP checkpoint "
+            f"(e.g. open_clip_model.safetensors from the model's Hugging Face repository)."
+        )
+    diff = layout_diff(found, expected)
+    if diff.size:
+        raise CheckpointError(
+            f"{path}: the {what} tensors do not match the expected open_clip layout: {diff.describe()}. "
+            "Use the open_clip-format (open_clip_model.safetensors) file of the right model, or re-download it "
+            "if it should be that file."
+        )
+    target = _target_dtype(header, list(keys), dtype)
+    wanted = dataclasses.replace(header, tensors={k: header.tensors[k] for k in keys})
+    state = {keys[k]: t for k, t in read_tensors(wanted, dtype=target, device=device)}
+    tower.load_state_dict(state, strict=True, assign=True)
+    return target
+
+
+def _check_materialised(module: nn.Module) -> None:
+    left = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"tensors left on the meta device after loading: {', '.join(left[:5])}")
+
+
+def save_clip(state: Mapping[str, torch.Tensor], path: str | os.PathLike, model_cfg: Mapping) -> Path:
+    """Write an open_clip-format CLIP state dict with its model config in the metadata.
+
+    Such a file loads with :meth:`TextEncoder.from_file` / :meth:`ImageEncoder.from_file` whatever
+    its size (the demo model set's tiny encoders).
+    """
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    return write_safetensors(tensors, path, {META_NETWORK: CLIP_NETWORK, META_CONFIG: json.dumps(dict(model_cfg))})
+
+
+# ---------------------------------------------------------------------------------------------
+# text
+
+
+def build_text_tower(model_cfg: Mapping, *, quick_gelu: bool | None = None) -> nn.Module:
+    """open_clip's text tower (``TextTransformer``) for ``model_cfg``, on the current default device."""
+    from open_clip.model import _build_text_tower
+
+    if quick_gelu is None:
+        quick_gelu = bool(model_cfg.get("quick_gelu", False))
+    return _build_text_tower(model_cfg["embed_dim"], dict(model_cfg["text_cfg"]), quick_gelu)
+
+
+def text_keys(header: Header) -> dict[str, str]:
+    """File key -> text tower key: everything of a full CLIP file but the vision tower and logit scale."""
+    return {k: k for k in header.tensors if not k.startswith(_VISUAL) and k not in _SHARED_KEYS}
+
+
+def _open_clip_tokenizer(model_name: str, context_length: int) -> Callable[[list[str]], torch.Tensor]:
+    import open_clip
+
+    return open_clip.get_tokenizer(model_name, context_length=context_length)
+
+
+class TextEncoder(nn.Module):
+    """The CLIP text encoder as Stable Cascade uses it (Hugging Face semantics, open_clip weights).
+
+    ``tower`` is an open_clip ``TextTransformer``; ``tokenizer`` maps a list of prompts to a
+    (B, context) LongTensor (default: open_clip's tokenizer for ``TEXT_MODEL``, created on first use).
+    """
+
+    def __init__(
+        self,
+        tower: nn.Module,
+        *,
+        eot_token_id: int = EOT_TOKEN_ID,
+        tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+        tokenizer_model: str = TEXT_MODEL,
+    ) -> None:
+        super().__init__()
+        self.tower = tower.eval().requires_grad_(False)
+        self.eot_token_id = eot_token_id
+        self.context_length = int(tower.positional_embedding.shape[0])
+        self._tokenizer = tokenizer
+        self._tokenizer_model = tokenizer_model
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        model_name: str = TEXT_MODEL,
+        quick_gelu: bool | None = None,
+        eot_token_id: int = EOT_TOKEN_ID,
+    ) -> TextEncoder:
+        """Load the text tower of an open_clip-format CLIP safetensors file (``visual.*`` is not read).
+
+        ``dtype=None`` keeps the file's precision. The architecture is open_clip's ``model_name``
+        config unless the file's metadata carries one (see :data:`CLIP_NETWORK`).
+        """
+        header = read_header(path)
+        cfg = _model_config(header, model_name, "text_cfg")
+        with torch.device("meta"):
+            tower = build_text_tower(cfg, quick_gelu=quick_gelu)
+        _load_tower(tower, header, text_keys(header), what="CLIP text", dtype=dtype, device=device)
+        if getattr(tower, "attn_mask", None) is not None:  # non-persistent: rebuild it off the meta device
+            tower.attn_mask = tower.build_causal_mask().to(device)
+        _check_materialised(tower)
+        return cls(tower, eot_token_id=eot_token_id)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tower.token_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tower.token_embedding.weight.dtype
+
+    @property
+    def width(self) -> int:
+        return int(self.tower.token_embedding.weight.shape[1])
+
+    def tokenize(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """(B, 77) token ids: BOS, the prompt, EOT, then zeros; long prompts are cut keeping EOT."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if self._tokenizer is None:
+            self._tokenizer = _open_clip_tokenizer(self._tokenizer_model, self.context_length)
+        return self._tokenizer(list(prompts))
+
+    @torch.no_grad()
+    def encode(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(clip_text (B, 77, C), clip_text_pooled (B, 1, C_proj))`` for the prompts."""
+        return self.encode_tokens(self.tokenize(prompts))
+
+    def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index of the first end-of-text token in each row; every row must have one."""
+        is_eot = tokens == self.eot_token_id
+        has = is_eot.any(dim=1)
+        if not bool(has.all()):
+            rows = torch.nonzero(~has).flatten().tolist()
+            raise ValueError(f"token rows {rows} have no end-of-text token (id {self.eot_token_id})")
+        return is_eot.int().argmax(dim=1)
+
+    def attention_mask(self, tokens: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Additive (B·heads, L, L) mask: causal, and no position attends to keys after the EOT.
+
+        Key 0 is never masked, so no row is fully masked (no NaN from the softmax).
+        """
+        batch, length = tokens.shape
+        dtype = dtype or self.dtype
+        heads = self.tower.transformer.resblocks[0].attn.num_heads
+        eot = self.eot_positions(tokens)
+        positions = torch.arange(length, device=tokens.device)
+        padding = positions[None, :] > eot[:, None]  # (B, L): True for padding keys
+        blocked = torch.triu(torch.ones(length, length, dtype=torch.bool, device=tokens.device), 1)
+        blocked = blocked[None] | padding[:, None, :]  # (B, Lq, Lk)
+        mask = torch.zeros(blocked.shape, dtype=dtype, device=tokens.device).masked_fill_(blocked, float("-inf"))
+        return mask.repeat_interleave(heads, dim=0)
+
+    @torch.no_grad()
+    def encode_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(clip_text (B, L, C), clip_text_pooled (B, 1, C_proj))`` for (B, L) token ids."""
+        tower = self.tower
+        tokens = torch.as_tensor(tokens).to(self.device, torch.long)
+        if tokens.dim() != 2 or tokens.shape[1] != self.context_length:
+            raise ValueError(f"tokens must have shape (B, {self.context_length}), not {tuple(tokens.shape)}")
+        vocab = tower.token_embedding.num_embeddings
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+            raise ValueError(f"token ids must lie in [0, {vocab}); this text encoder's vocabulary is {vocab}")
+        eot = self.eot_positions(tokens)
+        mask = self.attention_mask(tokens)
+
+        x = tower.token_embedding(tokens) + tower.positional_embedding.to(self.dtype)
+        # open_clip >= 2.23 runs its blocks batch-first (Transformer.batch_first); older ones sequence-first.
+        batch_first = getattr(tower.transformer, "batch_first", False)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in tower.transformer.resblocks:
+            x = block(x, attn_mask=mask)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        clip_text = x
+
+        pooled = tower.ln_final(x[torch.arange(x.shape[0], device=x.device), eot])
+        projection = tower.text_projection
+        if isinstance(projection, nn.Linear):
+            pooled = projection(pooled)
+        elif projection is not None:
+            pooled = pooled @ projection
+        return clip_text, pooled.unsqueeze(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# image
+
+
+def build_vision_tower(model_cfg: Mapping, *, quick_gelu: bool | None = None) -> nn.Module:
+    """open_clip's vision tower (``VisionTransformer``) for ``model_cfg``, on the current default device."""
+    from open_clip.model import _build_vision_tower
+
+    if quick_gelu is None:
+        quick_gelu = bool(model_cfg.get("quick_gelu", False))
+    return _build_vision_tower(model_cfg["embed_dim"], dict(model_cfg["vision_cfg"]), quick_gelu)
+
+
+def vision_keys(header: Header) -> dict[str, str]:
+    """File key -> vision tower key: the ``visual.*`` tensors without their prefix."""
+    return {k: k[len(_VISUAL) :] for k in header.tensors if k.startswith(_VISUAL)}
+
+
+def _resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(size)``: the shorter side becomes ``size``, the longer one is truncated."""
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def clip_preprocess(
+    images: torch.Tensor,
+    size: int = 224,
+    *,
+    antialias: bool = True,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> torch.Tensor:
+    """CLIP preprocessing of a [0, 1] float (B, 3, H, W) tensor, computed in float32.
+
+    Resize the shorter side to ``size`` (bicubic; antialiased when shrinking unless
+    ``antialias=False``), center-crop ``size`` × ``size`` (torchvision's rounding), normalise.
+    """
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W), not {tuple(images.shape)}")
+    x = images.float()
+    height, width = x.shape[-2:]
+    new_h, new_w = _resized_size(height, width, size)
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=antialias)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    x = x[..., top : top + size, left : left + size]
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+class ImageEncoder(nn.Module):
+    """The CLIP ViT-L/14 image encoder: [0, 1] images -> (B, 1, 768) projected image embeddings."""
+
+    def __init__(self, visual: nn.Module, *, antialias: bool = True) -> None:
+        super().__init__()
+        self.visual = visual.eval().requires_grad_(False)
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.antialias = antialias
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        model_name: str = IMAGE_MODEL,
+        quick_gelu: bool | None = None,
+    ) -> ImageEncoder:
+        """Load the ``visual.*`` tower of an open_clip-format CLIP safetensors file (text keys are not read).
+
+        ``dtype=None`` keeps the file's precision. ``quick_gelu=None`` takes the config's setting (the
+        default ``ViT-L-14-quickgelu`` config matches OpenAI's weights, which use QuickGELU).
+        """
+        header = read_header(path)
+        cfg = _model_config(header, model_name, "vision_cfg")
+        with torch.device("meta"):
+            visual = build_vision_tower(cfg, quick_gelu=quick_gelu)
+        _load_tower(visual, header, vision_keys(header), what="CLIP vision", dtype=dtype, device=device)
+        _check_materialised(visual)
+        return cls(visual)
+
+    @property
+    def device(self) -> torch.device:
+        return self.visual.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.visual.output_dim)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return clip_preprocess(images.to(self.device), self.image_size, antialias=self.antialias)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, embed_dim) un-normalised image embeddings of [0, 1] float (B, 3, H, W) images."""
+        pixels = self.preprocess(images).to(self.dtype)
+        features = self.visual(pixels)
+        if isinstance(features, tuple):  # towers built with output_tokens=True
+            features = features[0]
+        return features.unsqueeze(1)
+
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_NETWORK",
+    "CLIP_STD",
+    "CONTEXT_LENGTH",
+    "EOT_TOKEN_ID",
+    "SOT_TOKEN_ID",
+    "ImageEncoder",
+    "TextEncoder",
+    "build_text_tower",
+    "build_vision_tower",
+    "clip_preprocess",
+    "save_clip",
+    "text_keys",
+    "vision_keys",
+]

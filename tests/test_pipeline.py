@@ -1,0 +1,125 @@
+"""The generation pipeline end to end on the demo model set (real loader, real networks)."""
+
+import numpy as np
+import pytest
+import torch
+
+from cascade_studio.core.request import GenerationRequest, StageSettings
+from cascade_studio.networks import StageC
+from cascade_studio.pipeline.generate import Cancelled, Pipeline
+from cascade_studio.pipeline.models import MissingWeights, ModelSet, find_files
+
+FAST = {"stage_c": StageSettings(3, 4.0, 2.0), "stage_b": StageSettings(2, 1.1, 1.0), "width": 256, "height": 384}
+
+
+@pytest.fixture(scope="module")
+def pipeline(demo_models):
+    return Pipeline(ModelSet(demo_models))
+
+
+def request(**changes):
+    return GenerationRequest("a lighthouse at dusk", **{"seed": 11, **FAST, **changes})
+
+
+def source_image():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(3, 200, 300, generator=g)
+
+
+def test_text_to_image_reports_every_step_with_previews(pipeline):
+    events = []
+    images = pipeline.run(request(batch_size=2), on_progress=events.append)
+    assert [(e.stage, e.step, e.total) for e in events] == [
+        ("c", 1, 3), ("c", 2, 3), ("c", 3, 3), ("b", 1, 2), ("b", 2, 2), ("a", 1, 1),
+    ]  # fmt: skip
+    # Stage C latent for 384x256 is 9x6; the Previewer upsamples by 8.
+    for e in events[:3]:
+        assert e.preview.shape == (72, 48, 3) and e.preview.dtype == np.uint8
+    assert all(e.preview is None for e in events[3:])
+    assert len(images) == 2
+    assert images[0].pixels.shape == (384, 256, 3) and images[0].pixels.dtype == np.uint8
+    assert [im.request.seed for im in images] == [11, 12]
+    assert all(im.request.batch_size == 1 for im in images)
+    assert not np.array_equal(images[0].pixels, images[1].pixels)
+
+
+def test_same_seed_gives_identical_pixels(pipeline):
+    a = pipeline.run(request())[0].pixels
+    b = pipeline.run(request())[0].pixels
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, pipeline.run(request(seed=12))[0].pixels)
+
+
+def test_an_image_of_a_batch_is_reproduced_by_its_own_request(pipeline):
+    """Each image draws only on its own seed. Matrix products on the CPU round differently for
+    another batch size (~1e-6), so a pixel may move by one level; nothing more."""
+    second = pipeline.run(request(batch_size=2))[1]
+    alone = pipeline.run(second.request)[0]
+    assert np.abs(second.pixels.astype(int) - alone.pixels).max() <= 1
+
+
+def test_cancel_stops_within_one_step(pipeline):
+    events = []
+
+    def on_progress(event):
+        events.append(event)
+
+    with pytest.raises(Cancelled):
+        pipeline.run(request(), on_progress=on_progress, should_cancel=lambda: len(events) >= 2)
+    assert [(e.stage, e.step) for e in events] == [("c", 1), ("c", 2)]
+
+
+def test_guidance_off_skips_the_unconditional_branch(pipeline):
+    batches = []
+    hook = pipeline.models.stage_c.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    try:
+        pipeline.run(request(stage_c=StageSettings(2, 1.0, 2.0)))
+        pipeline.run(request(stage_c=StageSettings(2, 4.0, 2.0)))
+    finally:
+        hook.remove()
+    assert batches == [1, 1, 2, 2]
+
+
+def test_image_to_image_starts_from_the_source(pipeline):
+    events = []
+    req = request(mode="img2img", source_image="src.png", strength=0.5, stage_c=StageSettings(4, 4.0, 2.0))
+    image = pipeline.run(req, on_progress=events.append, source_image=source_image())[0]
+    assert [e.total for e in events if e.stage == "c"] == [2, 2]  # int(4 * 0.5) steps
+    other = pipeline.run(req.with_(strength=0.75), source_image=source_image())[0]
+    assert not np.array_equal(image.pixels, other.pixels)
+
+
+def test_image_variation_uses_the_image_embedding(pipeline):
+    seen = []
+    hook = pipeline.models.stage_c.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["clip_img"]), with_kwargs=True
+    )
+    try:
+        req = request(mode="variation", source_image="src.png")
+        pipeline.run(req, source_image=source_image())
+    finally:
+        hook.remove()
+    clip_img = seen[0]
+    assert clip_img.shape == (2, 1, 768)
+    assert clip_img[0].abs().sum() > 0 and torch.all(clip_img[1] == 0)  # conditional image, zero unconditional
+
+
+def test_modes_that_need_an_image_refuse_to_run_without_one(pipeline):
+    with pytest.raises(ValueError, match="source image"):
+        pipeline.run(request(mode="img2img", source_image="src.png"))
+
+
+def test_missing_weights_are_listed_with_what_to_do(tmp_path, demo_models):
+    (tmp_path / "stage_a.safetensors").write_bytes((demo_models / "stage_a.safetensors").read_bytes())
+    with pytest.raises(MissingWeights) as err:
+        find_files(tmp_path, "lite")
+    message = str(err.value)
+    assert "stage_c_lite_bf16.safetensors" in message and "stage_b_lite_bf16.safetensors" in message
+    assert "stage_a.safetensors" not in message
+    assert "huggingface.co/stabilityai/stable-cascade" in message and "--demo" in message
+
+
+def test_bf16_models_run(demo_models):
+    images = Pipeline(ModelSet(demo_models, dtype=torch.bfloat16)).run(request(stage_c=StageSettings(2, 4.0, 2.0)))
+    assert images[0].pixels.shape == (384, 256, 3)
+    assert isinstance(ModelSet(demo_models, dtype=torch.bfloat16).stage_c, StageC)
