@@ -155,14 +155,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .core.metadata import png_text_chunks, save_png_atomic
     from .pipeline.demo import DEMO_NOTICE, write_demo_models
-    from .pipeline.device import choose_device, choose_dtype
+    from .pipeline.device import choose_device, choose_dtype, choose_memory
     from .pipeline.generate import Pipeline
     from .pipeline.images import load_image, to_pil
-    from .pipeline.models import MissingWeights, ModelSet
+    from .pipeline.models import MEMORY_MODES, MissingWeights, ModelSet
 
     try:
         device = choose_device(args.device)
         dtype = choose_dtype(args.dtype, device)
+        memory = choose_memory(args.memory, device)
         source_tensor = load_image(source) if source else None
     except ValueError as exc:
         return _usage_error(str(exc))
@@ -170,14 +171,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.demo:
         print(f"Using {DEMO_NOTICE}.", file=sys.stderr)
         models_dir = write_demo_models(demo_folder())
-    models = ModelSet(models_dir, variant=request.variant, device=device, dtype=dtype)
+    models = ModelSet(models_dir, variant=request.variant, device=device, dtype=dtype, memory=memory)
     try:
         files = models.check(request.mode)
     except MissingWeights as exc:
         print(f"cascade-studio generate: {exc}", file=sys.stderr)
         return 2
     model_name = "demo" if args.demo else files["stage_c"].name.removesuffix(".safetensors")
-    print(f"{device.type}, {str(dtype).removeprefix('torch.')}, weights from {models_dir}", file=sys.stderr)
+    precision = str(dtype).removeprefix("torch.")
+    print(f"{device}, {precision}, memory: {MEMORY_MODES[memory]}; weights from {models_dir}", file=sys.stderr)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     gen.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="precision (fp16 is refused)")
+    gen.add_argument(
+        "--memory",
+        choices=("auto", "resident", "sequential"),
+        default="auto",
+        help="keep all networks on the device, or one stage at a time (auto: sequential below 12 GiB of VRAM)",
+    )
     gen.add_argument("--demo", action="store_true", help="use tiny demo weights (noise, not pictures)")
     gen.set_defaults(func=cmd_generate)
     return parser

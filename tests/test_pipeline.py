@@ -71,7 +71,7 @@ def test_cancel_stops_within_one_step(pipeline):
 
 def test_guidance_off_skips_the_unconditional_branch(pipeline):
     batches = []
-    hook = pipeline.models.stage_c.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    hook = pipeline.models.get("stage_c").register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
     try:
         pipeline.run(request(stage_c=StageSettings(2, 1.0, 2.0)))
         pipeline.run(request(stage_c=StageSettings(2, 4.0, 2.0)))
@@ -91,7 +91,7 @@ def test_image_to_image_starts_from_the_source(pipeline):
 
 def test_image_variation_uses_the_image_embedding(pipeline):
     seen = []
-    hook = pipeline.models.stage_c.register_forward_pre_hook(
+    hook = pipeline.models.get("stage_c").register_forward_pre_hook(
         lambda m, args, kwargs: seen.append(kwargs["clip_img"]), with_kwargs=True
     )
     try:
@@ -122,4 +122,23 @@ def test_missing_weights_are_listed_with_what_to_do(tmp_path, demo_models):
 def test_bf16_models_run(demo_models):
     images = Pipeline(ModelSet(demo_models, dtype=torch.bfloat16)).run(request(stage_c=StageSettings(2, 4.0, 2.0)))
     assert images[0].pixels.shape == (384, 256, 3)
-    assert isinstance(ModelSet(demo_models, dtype=torch.bfloat16).stage_c, StageC)
+    stage_c = ModelSet(demo_models, dtype=torch.bfloat16).get("stage_c")
+    assert isinstance(stage_c, StageC) and next(stage_c.parameters()).dtype == torch.bfloat16
+
+
+def test_sequential_memory_holds_one_stage_at_a_time(demo_models, pipeline):
+    models = ModelSet(demo_models, memory="sequential")
+    held = []
+    events = []
+
+    def on_progress(event):
+        events.append(event)
+        held.append((event.stage, sorted(models.loaded())))
+
+    images = Pipeline(models).run(request(), on_progress=on_progress)
+    assert held[0] == ("c", ["previewer", "stage_c"])  # the text encoder is gone once prompts are encoded
+    assert held[3] == ("b", ["stage_b"])
+    assert held[-1] == ("a", [])  # reported after Stage A has been released
+    assert models.loaded() == {}
+    # Same numbers as with everything resident.
+    assert np.array_equal(images[0].pixels, pipeline.run(request())[0].pixels)

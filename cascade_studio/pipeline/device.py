@@ -36,3 +36,18 @@ def choose_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise ValueError(f"precision must be auto, bf16 or fp32, not {name!r} (fp16 overflows in Stage C)")
     return _DTYPES[name]
+
+
+#: Below this much GPU memory, "auto" runs one stage at a time (the lite bf16 set needs ~5 GB of
+#: weights alone, plus activations).
+SEQUENTIAL_BELOW_BYTES = 12 * 2**30
+
+
+def choose_memory(name: str, device: torch.device) -> str:
+    """``auto``: one stage at a time on GPUs with less than 12 GiB, everything resident elsewhere."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return "sequential" if total < SEQUENTIAL_BELOW_BYTES else "resident"
+    return "resident"

@@ -78,13 +78,16 @@ class Pipeline:
         m = self.models
         dtype = m.dtype
 
-        text_c, pooled_c = m.text_encoder.encode([request.prompt])
-        text_u, pooled_u = m.text_encoder.encode([request.negative_prompt])
+        with m.using("text_encoder") as (text_encoder,):
+            (text_c, text_u), (pooled_c, pooled_u) = (
+                t.chunk(2) for t in text_encoder.encode([request.prompt, request.negative_prompt])
+            )
         text_c, text_u = text_c.to(dtype).expand(batch, -1, -1), text_u.to(dtype).expand(batch, -1, -1)
         pooled_c, pooled_u = pooled_c.to(dtype).expand(batch, -1, -1), pooled_u.to(dtype).expand(batch, -1, -1)
         img_c = torch.zeros(batch, 1, m.c_clip_img, device=self.device, dtype=dtype)
         if request.mode == "variation":
-            img_c = m.image_encoder.encode(self._source(source_image)).to(dtype).expand(batch, -1, -1)
+            with m.using("image_encoder") as (image_encoder,):
+                img_c = image_encoder.encode(self._source(source_image)).to(dtype).expand(batch, -1, -1)
 
         seeds = request.image_seeds()
         hc, wc = stage_c_latent_size(width, height)
@@ -94,14 +97,15 @@ class Pipeline:
         if request.mode == "img2img":
             ew, eh = effnet_input_size(width, height)
             src = F.interpolate(self._source(source_image), size=(eh, ew), mode="bilinear", antialias=True)
-            latent = m.effnet(imagenet_normalize(src)).expand(batch, -1, -1, -1)
+            with m.using("effnet") as (effnet,):
+                latent = effnet(imagenet_normalize(src)).expand(batch, -1, -1, -1)
             t_start = request.strength
             steps_c = max(1, int(request.stage_c.steps * request.strength))
             x_init = diffuse(latent, t_start, x_init, shift=1.0)
 
         latent_c = self._sample(
             "c",
-            m.stage_c,
+            "stage_c",
             {"clip_text": text_c, "clip_text_pooled": pooled_c, "clip_img": img_c},
             {"clip_text": text_u, "clip_text_pooled": pooled_u, "clip_img": torch.zeros_like(img_c)},
             x_init,
@@ -119,7 +123,7 @@ class Pipeline:
         effnet = latent_c.to(dtype)
         latent_b = self._sample(
             "b",
-            m.stage_b,
+            "stage_b",
             {"effnet": effnet, "clip": pooled_c},
             {"effnet": torch.zeros_like(effnet), "clip": pooled_u},
             noise_b.initial(),
@@ -132,7 +136,8 @@ class Pipeline:
             cancel,
         )
 
-        pixels = to_uint8(m.stage_a.decode(latent_b.float()))
+        with m.using("stage_a") as (stage_a,):
+            pixels = to_uint8(stage_a.decode(latent_b.float()))
         report(ProgressEvent("a", 1, 1))
         return [GeneratedImage(pixels[i], request.for_image(i)) for i in range(batch)]
 
@@ -141,7 +146,29 @@ class Pipeline:
             raise ValueError("this mode needs a source image")
         return image.to(self.device, torch.float32).unsqueeze(0)
 
-    def _sample(self, stage, network, cond, uncond, x_init, steps, t_start, settings, sampler, noise, report, cancel):
+    def _sample(self, stage, role, cond, uncond, x_init, steps, t_start, settings, sampler, noise, report, cancel):
+        """Run one stage's sampler; Stage C steps also get a Previewer image."""
+        roles = (role, "previewer") if stage == "c" else (role,)
+        with self.models.using(*roles) as networks:
+            network, previewer = networks[0], (networks[1] if stage == "c" else None)
+            return self._steps(
+                stage,
+                network,
+                previewer,
+                cond,
+                uncond,
+                x_init,
+                steps,
+                t_start,
+                settings,
+                sampler,
+                noise,
+                report,
+                cancel,
+            )
+
+    def _steps(self, stage, network, previewer, cond, uncond, x_init, steps, t_start, settings, sampler, noise,
+               report, cancel):  # fmt: skip
         dtype = self.models.dtype
         # cfg 1 equals no guidance (the rescale then leaves ε unchanged): skip the unconditional half.
         guided = settings.cfg != 1
@@ -165,13 +192,9 @@ class Pipeline:
             x0 = step.x0
             done = step.index + 1
             shown = None
-            if stage == "c" and (done % self.preview_every == 0 or done == step.total):
-                shown = self.preview(x0[:1])
+            if previewer is not None and (done % self.preview_every == 0 or done == step.total):
+                shown = to_uint8(previewer(x0[:1].float()))[0]
             report(ProgressEvent(stage, done, step.total, shown))
             if cancel():
                 raise Cancelled()
         return x0
-
-    def preview(self, latent: torch.Tensor) -> np.ndarray:
-        rgb = self.models.previewer(latent.float())
-        return to_uint8(rgb)[0]

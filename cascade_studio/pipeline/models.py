@@ -7,13 +7,14 @@ two CLIP encoders, which Stability AI does not ship in the single-file release, 
 
 from __future__ import annotations
 
-import functools
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoints import load_network
+from .checkpoints import load_network, read_header
 
 TEXT_ENCODER_FILE = "clip/ViT-bigG-14-laion2b_s39b_b160k.safetensors"
 IMAGE_ENCODER_FILE = "clip/ViT-L-14-openai.safetensors"
@@ -73,23 +74,39 @@ def find_files(folder: str | Path, variant: str, mode: str = "text") -> dict[str
     return found
 
 
+MEMORY_MODES = {
+    "resident": "all resident (every network stays on the device)",
+    "sequential": "one stage at a time (each network is on the device only while its stage runs)",
+}
+_FLOAT32_ROLES = ("stage_a", "previewer", "effnet")
+
+
 @dataclass
 class ModelSet:
     """The networks of one weights folder, each loaded on first use.
 
     Stage B, Stage C and the CLIP encoders run in ``dtype``; Stage A, the EfficientNet encoder
     and the Previewer (small float32 files) always run in float32.
+
+    ``memory="resident"`` keeps every loaded network on the device. ``"sequential"`` puts a
+    network on the device only inside :meth:`using`: on a GPU it waits in CPU memory between its
+    stages; on the CPU it is freed and read from disk again next time. The text encoder is thus
+    released as soon as the prompts are encoded. Not thread-safe: owned by one thread.
     """
 
     folder: Path
     variant: str = "lite"
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    memory: str = "resident"
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
         self.device = torch.device(self.device)
         candidates(self.variant)  # validates the variant
+        if self.memory not in MEMORY_MODES:
+            raise ValueError(f"memory mode must be one of {', '.join(MEMORY_MODES)}, not {self.memory!r}")
+        self._networks: dict[str, torch.nn.Module] = {}
 
     def check(self, mode: str) -> dict[str, Path]:
         return find_files(self.folder, self.variant, mode)
@@ -101,41 +118,62 @@ class ModelSet:
             raise MissingWeights(f"missing in the weights folder {self.folder}: {names[0]}. {_HINT}")
         return path
 
-    def _load(self, role: str, dtype: torch.dtype) -> torch.nn.Module:
-        return load_network(self._path(role), dtype=dtype, device=self.device, expect=role).module
+    @property
+    def _parking(self) -> torch.device | None:
+        """Where a sequential-mode network waits between its stages (None: it is freed)."""
+        return torch.device("cpu") if self.device.type != "cpu" else None
 
-    @functools.cached_property
-    def stage_c(self) -> torch.nn.Module:
-        return self._load("stage_c", self.dtype)
+    def _load(self, role: str) -> torch.nn.Module:
+        device = self.device if self.memory == "resident" else (self._parking or self.device)
+        dtype = torch.float32 if role in _FLOAT32_ROLES else self.dtype
+        path = self._path(role)
+        if role == "text_encoder":
+            from .conditioning import TextEncoder
 
-    @functools.cached_property
-    def stage_b(self) -> torch.nn.Module:
-        return self._load("stage_b", self.dtype)
+            return TextEncoder.from_file(path, device=device, dtype=dtype)
+        if role == "image_encoder":
+            from .conditioning import ImageEncoder
 
-    @functools.cached_property
-    def stage_a(self) -> torch.nn.Module:
-        return self._load("stage_a", torch.float32)
+            return ImageEncoder.from_file(path, device=device, dtype=dtype)
+        return load_network(path, dtype=dtype, device=device, expect=role).module
 
-    @functools.cached_property
-    def previewer(self) -> torch.nn.Module:
-        return self._load("previewer", torch.float32)
+    def get(self, role: str) -> torch.nn.Module:
+        """The network for ``role``, loaded if needed (outside :meth:`using` it may be parked)."""
+        if role not in self._networks:
+            self._networks[role] = self._load(role)
+        return self._networks[role]
 
-    @functools.cached_property
-    def effnet(self) -> torch.nn.Module:
-        return self._load("effnet", torch.float32)
+    @contextlib.contextmanager
+    def using(self, *roles: str) -> Iterator[tuple[torch.nn.Module, ...]]:
+        """The networks for ``roles``, on the device for the duration of the block."""
+        modules = tuple(self.get(role) for role in roles)
+        if self.memory == "resident":
+            yield modules
+            return
+        try:
+            for module in modules:
+                module.to(self.device)
+            yield modules
+        finally:
+            for role in roles:
+                self.release(role)
 
-    @functools.cached_property
-    def text_encoder(self):
-        from .conditioning import TextEncoder
+    def release(self, role: str) -> None:
+        module = self._networks.get(role)
+        if module is None:
+            return
+        if self._parking is None:
+            del self._networks[role]
+        else:
+            module.to(self._parking)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
-        return TextEncoder.from_file(self._path("text_encoder"), device=self.device, dtype=self.dtype)
-
-    @functools.cached_property
-    def image_encoder(self):
-        from .conditioning import ImageEncoder
-
-        return ImageEncoder.from_file(self._path("image_encoder"), device=self.device, dtype=self.dtype)
+    def loaded(self) -> dict[str, torch.device]:
+        """Role → device of every network currently held in memory."""
+        return {role: next(m.parameters()).device for role, m in self._networks.items()}
 
     @property
     def c_clip_img(self) -> int:
-        return self.stage_c.clip_img_mapper.in_features
+        """Width of Stage C's image embedding, read from the file without loading it."""
+        return read_header(self._path("stage_c")).tensors["clip_img_mapper.weight"].shape[1]
