@@ -89,10 +89,10 @@ def write_weights(folder: Path, only: list[str]) -> None:
 
     from cascade_studio.pipeline.checkpoints import NETWORKS as KINDS
     from cascade_studio.pipeline.checkpoints import save_network
+    from cascade_studio.pipeline.demo import randomize_
     from tests.support.configs import bench_config
     from tests.support.diffusers_unet import convert_state_dict, stage_b_config, stage_c_config
     from tests.support.diffusers_vqgan import paella_kwargs, to_diffusers_state_dict
-    from tests.support.random_weights import randomize_
 
     cfg = bench_config(CONFIG)
     for key in only:

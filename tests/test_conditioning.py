@@ -19,9 +19,9 @@ from cascade_studio.pipeline.conditioning import (
     clip_preprocess,
     save_clip,
 )
+from cascade_studio.pipeline.demo import randomize_
 from tests.support.configs import bench_config
 from tests.support.hf_clip import hf_text_model
-from tests.support.random_weights import randomize_
 
 HF_TEXT = bench_config("tiny")["text_encoder"]  # transformers CLIPTextConfig keywords
 EOT = HF_TEXT["eos_token_id"]  # 1: != 2, so HF pools at the first occurrence of it, like us

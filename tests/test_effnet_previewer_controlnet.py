@@ -19,7 +19,7 @@ from cascade_studio.networks.effnet import (
     imagenet_normalize,
 )
 from cascade_studio.networks.previewer import Previewer
-from tests.support.random_weights import randomize_
+from cascade_studio.pipeline.demo import randomize_
 
 # Five stride-2 convs in total (stem + four stages) → stride 32, like the released table.
 TINY_STAGES = (

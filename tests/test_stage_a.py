@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cascade_studio.networks.stage_a import StageA
-from tests.support.random_weights import randomize_
+from cascade_studio.pipeline.demo import randomize_
 
 TINY = {"levels": 2, "bottleneck_blocks": 1, "c_hidden": 64, "c_latent": 4, "codebook_size": 64}
 SCALE = 0.43

@@ -6,9 +6,9 @@ import torch
 from cascade_studio.networks.common import ResBlock
 from cascade_studio.networks.stage_b import StageB
 from cascade_studio.networks.stage_c import StageC
+from cascade_studio.pipeline.demo import randomize_
 from tests.support.configs import bench_config
 from tests.support.diffusers_unet import to_diffusers
-from tests.support.random_weights import randomize_
 
 TINY = bench_config("tiny")
 
