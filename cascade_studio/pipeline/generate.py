@@ -105,17 +105,16 @@ class Pipeline:
 
         latent_c = self._sample(
             "c",
-            "stage_c",
             {"clip_text": text_c, "clip_text_pooled": pooled_c, "clip_img": img_c},
             {"clip_text": text_u, "clip_text_pooled": pooled_u, "clip_img": torch.zeros_like(img_c)},
             x_init,
-            steps_c,
-            t_start,
-            request.stage_c,
-            request.sampler,
-            noise_c,
-            report,
-            cancel,
+            steps=steps_c,
+            t_start=t_start,
+            settings=request.stage_c,
+            sampler=request.sampler,
+            noise=noise_c,
+            report=report,
+            cancel=cancel,
         )
 
         hb, wb = stage_b_latent_size(width, height)
@@ -123,17 +122,16 @@ class Pipeline:
         effnet = latent_c.to(dtype)
         latent_b = self._sample(
             "b",
-            "stage_b",
             {"effnet": effnet, "clip": pooled_c},
             {"effnet": torch.zeros_like(effnet), "clip": pooled_u},
             noise_b.initial(),
-            request.stage_b.steps,
-            1.0,
-            request.stage_b,
-            request.sampler,
-            noise_b,
-            report,
-            cancel,
+            steps=request.stage_b.steps,
+            t_start=1.0,
+            settings=request.stage_b,
+            sampler=request.sampler,
+            noise=noise_b,
+            report=report,
+            cancel=cancel,
         )
 
         with m.using("stage_a") as (stage_a,):
@@ -146,11 +144,11 @@ class Pipeline:
             raise ValueError("this mode needs a source image")
         return image.to(self.device, torch.float32).unsqueeze(0)
 
-    def _sample(self, stage, role, cond, uncond, x_init, steps, t_start, settings, sampler, noise, report, cancel):
-        """Run one stage's sampler; Stage C steps also get a Previewer image."""
-        roles = (role, "previewer") if stage == "c" else (role,)
+    def _sample(self, stage, cond, uncond, x_init, *, steps, t_start, settings, sampler, noise, report, cancel):
+        """Run Stage C (``stage="c"``, with a Previewer image per step) or Stage B; returns the last x0."""
+        roles = ("stage_c", "previewer") if stage == "c" else ("stage_b",)
         with self.models.using(*roles) as networks:
-            network, previewer = networks[0], (networks[1] if stage == "c" else None)
+            network, previewer = networks[0], (networks[1] if len(networks) > 1 else None)
             return self._steps(
                 stage,
                 network,
