@@ -57,14 +57,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"Weights folder: {models}")
     if not models.is_dir():
         print("  (does not exist yet)")
-        return 0
-    files = sorted(p for p in models.rglob("*") if p.is_file() and p.suffix == ".safetensors")
-    if not files:
-        print("  no .safetensors files found")
-    for path in files:
-        rel = path.relative_to(models)
-        print(f"  {rel} ({_human(path.stat().st_size)}): {describe_file(path)}")
+    else:
+        files = sorted(p for p in models.rglob("*") if p.is_file() and p.suffix == ".safetensors")
+        if not files:
+            print("  no .safetensors files found")
+        for path in files:
+            rel = path.relative_to(models)
+            print(f"  {rel} ({_human(path.stat().st_size)}): {describe_file(path)}")
+    _print_registry(models)
     return 0
+
+
+def _print_registry(models: Path) -> None:
+    """Each variant's registry files: present (where) or missing (size)."""
+    from .pipeline import weights
+
+    print("Files by variant (`cascade-studio download --variant V` fetches the missing ones):")
+    found = {entry.name: weights.locate(entry, models) for entry in weights.REGISTRY}
+    for variant in weights.VARIANTS:
+        entries = weights.files_for(variant)
+        missing = [e for e in entries if found[e.name] is None]
+        size = sum(e.size for e in missing)
+        state = f"{len(missing)} of {len(entries)} files missing ({_human(size)})" if missing else "complete"
+        print(f"  {variant}: {state}")
+        for entry in entries:
+            where = found[entry.name]
+            text = f"present ({where.where})" if where else f"missing ({_human(entry.size)})"
+            if where and where.where == weights.HF_CACHE:
+                text += " - `cascade-studio download` links it into the weights folder"
+            print(f"    {entry.name}: {text}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -207,6 +228,67 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from .pipeline import weights
+
+    models = Path(args.models_dir).expanduser()
+    entries = weights.files_for(args.variant)
+    print(f"Weights folder: {models}")
+    print(f"Variant {args.variant}: {weights.VARIANTS[args.variant]}")
+    to_fetch, to_link = 0, 0
+    for entry in entries:
+        where = weights.locate(entry, models)
+        if where is None:
+            about = "about " if entry.size_is_estimate else ""
+            print(f"  {entry.name}: {about}{_human(entry.size)} from {entry.repo}")
+            to_fetch += entry.size
+        elif where.where == weights.FOLDER:
+            print(f"  {entry.name}: present, skipped")
+        else:
+            print(f"  {entry.name}: in the Hugging Face cache, will be linked in")
+            to_link += 1
+    if not to_fetch and not to_link:
+        print(f"All files of {args.variant!r} are present.")
+        return 0
+    print(f"To download: {_human(to_fetch)}", flush=True)
+    if args.token:
+        print(
+            "note: a token given on the command line may stay in your shell history; HF_TOKEN or "
+            "`hf auth login` avoid that.",
+            file=sys.stderr,
+        )
+
+    last = {}
+
+    def show(event) -> None:
+        pct = int(100 * event.done / event.total) if event.total else 0
+        if last.get(event.name) == pct:
+            return
+        last[event.name] = pct
+        width = 24
+        filled = min(width, width * pct // 100)
+        bar = "#" * filled + "-" * (width - filled)
+        end = "\n" if pct >= 100 else ""
+        print(
+            f"\r  [{event.index}/{event.count}] {event.name} [{bar}] {pct:3d}% of {_human(event.total)}",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        results = weights.download(entries, models, token=args.token, endpoint=args.endpoint, progress=show)
+    except weights.DownloadError as exc:
+        print(f"\ncascade-studio download: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nCancelled; the unfinished file was removed (finished files are kept).", file=sys.stderr)
+        return 130
+    fetched = [r for r in results if r.action != "present"]
+    print(f"Done: {len(fetched)} file(s) added, {len(results) - len(fetched)} already present, in {models}.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascade-studio", description="Run Stable Cascade on your own machine.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -249,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--demo", action="store_true", help="use tiny demo weights (noise, not pictures)")
     gen.set_defaults(func=cmd_generate)
+
+    dl = sub.add_parser("download", help="download the weights of a variant from Hugging Face (skips files present)")
+    dl.add_argument("--variant", choices=("lite", "full", "lite-fp32", "full-fp32", "controlnets"), default="lite")
+    dl.add_argument("--token", help="Hugging Face access token (default: $HF_TOKEN or the `hf auth login` token)")
+    dl.add_argument("--endpoint", help="Hugging Face endpoint or mirror (default: $HF_ENDPOINT or huggingface.co)")
+    dl.add_argument("--models-dir", default=argparse.SUPPRESS, help="weights folder (same as the global option)")
+    dl.set_defaults(func=cmd_download)
     return parser
 
 

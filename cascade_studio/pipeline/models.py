@@ -53,8 +53,10 @@ def candidates(variant: str) -> dict[str, list[str]]:
 
 
 _HINT = (
-    "Download them from https://huggingface.co/stabilityai/stable-cascade (CLIP encoders: see docs/formats.md) "
-    "into that folder, or try the app with `cascade-studio generate --demo` (tiny demo weights)."
+    "Download them with `cascade-studio download --variant {variant}` (from "
+    "https://huggingface.co/stabilityai/stable-cascade, whose licence must be accepted there first, and the CLIP "
+    "repositories), or copy them into that folder by hand, or try the app with `cascade-studio generate --demo` "
+    "(tiny demo weights)."
 )
 
 
@@ -70,7 +72,9 @@ def find_files(folder: str | Path, variant: str, mode: str = "text") -> dict[str
     found = {role: _locate(folder, names[role]) for role in roles}
     missing = [names[role][0] for role, path in found.items() if path is None]
     if missing:
-        raise MissingWeights(f"missing in the weights folder {folder}: {', '.join(missing)}. {_HINT}")
+        raise MissingWeights(
+            f"missing in the weights folder {folder}: {', '.join(missing)}. {_HINT.format(variant=variant)}"
+        )
     return found
 
 
@@ -115,7 +119,9 @@ class ModelSet:
         names = candidates(self.variant)[role]
         path = _locate(self.folder, names)
         if path is None:
-            raise MissingWeights(f"missing in the weights folder {self.folder}: {names[0]}. {_HINT}")
+            raise MissingWeights(
+                f"missing in the weights folder {self.folder}: {names[0]}. {_HINT.format(variant=self.variant)}"
+            )
         return path
 
     @property
