@@ -33,22 +33,39 @@ def _human(n: int) -> str:
 
 
 def describe_file(path: Path) -> str:
-    from .pipeline.checkpoints import CheckpointError, identify
+    import math
+
+    from .pipeline.checkpoints import CheckpointError, identify, read_header
 
     try:
         header, identity = identify(path)
+        label = identity.label
     except CheckpointError as exc:
-        return f"unusable: {exc}"
+        try:
+            header = read_header(path)
+        except CheckpointError:
+            return f"unusable: {exc}"
+        label = _clip_label(header)
+        if label is None:
+            return f"unusable: {exc}"
     dtypes = "/".join(sorted(header.float_dtypes)) or "-"
-    params = sum(_numel(t.shape) for t in header.tensors.values())
-    return f"{identity.label}, {dtypes}, {params / 1e6:,.1f}M values"
+    values = sum(math.prod(t.shape) for t in header.tensors.values())
+    return f"{label}, {dtypes}, {_count(values)} values"
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+def _clip_label(header) -> str | None:
+    """open_clip-format CLIP files (the text and image encoders) are not Stable Cascade networks."""
+    keys = set(header.tensors)
+    towers = [name for name, present in (("text", "token_embedding.weight" in keys), ("image", "visual.proj" in keys))
+              if present]  # fmt: skip
+    return f"CLIP {' and '.join(towers)} encoder (open_clip format)" if towers else None
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:,.1f}{unit}"
+    return str(n)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

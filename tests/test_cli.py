@@ -97,3 +97,10 @@ def test_generate_rejects_bad_arguments(tmp_path, capsys):
     assert main(["generate", "x", "--image", "a.png", "--variation", "b.png"]) == 2
     assert main(["generate", "x", "--image", str(tmp_path / "missing.png"), "--demo"]) == 2
     assert "image file not found" in capsys.readouterr().err
+
+
+def test_info_recognises_the_clip_encoders(demo_models, capsys):
+    assert main(["--models-dir", str(demo_models), "info"]) == 0
+    out = capsys.readouterr().out
+    assert "ViT-bigG-14-laion2b_s39b_b160k.safetensors (6.4 MB): CLIP text encoder (open_clip format)" in out
+    assert "ViT-L-14-openai.safetensors (551.6 KB): CLIP image encoder (open_clip format)" in out
