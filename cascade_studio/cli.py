@@ -23,15 +23,6 @@ def default_models_dir() -> Path:
     return REPO_MODELS
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
-
-
 def describe_file(path: Path) -> str:
     import math
 
@@ -69,6 +60,8 @@ def _count(n: int) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .pipeline import weights
+
     models = Path(args.models_dir).expanduser()
     print(f"Cascade Studio {__version__}")
     print(f"Weights folder: {models}")
@@ -80,7 +73,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print("  no .safetensors files found")
         for path in files:
             rel = path.relative_to(models)
-            print(f"  {rel} ({_human(path.stat().st_size)}): {describe_file(path)}")
+            print(f"  {rel} ({weights.human_size(path.stat().st_size)}): {describe_file(path)}")
     _print_registry(models)
     return 0
 
@@ -94,14 +87,14 @@ def _print_registry(models: Path) -> None:
     for variant in weights.VARIANTS:
         entries = weights.files_for(variant)
         missing = [e for e in entries if found[e.name] is None]
-        size = sum(e.size for e in missing)
-        state = f"{len(missing)} of {len(entries)} files missing ({_human(size)})" if missing else "complete"
+        size = weights.human_size(sum(e.size for e in missing))
+        state = f"{len(missing)} of {len(entries)} files missing ({size})" if missing else "complete"
         print(f"  {variant}: {state}")
         for entry in entries:
             where = found[entry.name]
-            text = f"present ({where.where})" if where else f"missing ({_human(entry.size)})"
+            text = f"present ({where.where})" if where else f"missing ({weights.human_size(entry.size)})"
             if where and where.where == weights.HF_CACHE:
-                text += " - `cascade-studio download` links it into the weights folder"
+                text += ", used from there"
             print(f"    {entry.name}: {text}")
 
 
@@ -257,7 +250,7 @@ def cmd_download(args: argparse.Namespace) -> int:
         where = weights.locate(entry, models)
         if where is None:
             about = "about " if entry.size_is_estimate else ""
-            print(f"  {entry.name}: {about}{_human(entry.size)} from {entry.repo}")
+            print(f"  {entry.name}: {about}{weights.human_size(entry.size)} from {entry.repo}")
             to_fetch += entry.size
         elif where.where == weights.FOLDER:
             print(f"  {entry.name}: present, skipped")
@@ -267,7 +260,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     if not to_fetch and not to_link:
         print(f"All files of {args.variant!r} are present.")
         return 0
-    print(f"To download: {_human(to_fetch)}", flush=True)
+    print(f"To download: {weights.human_size(to_fetch)}", flush=True)
     if args.token:
         print(
             "note: a token given on the command line may stay in your shell history; HF_TOKEN or "
@@ -287,7 +280,7 @@ def cmd_download(args: argparse.Namespace) -> int:
         bar = "#" * filled + "-" * (width - filled)
         end = "\n" if pct >= 100 else ""
         print(
-            f"\r  [{event.index}/{event.count}] {event.name} [{bar}] {pct:3d}% of {_human(event.total)}",
+            f"\r  [{event.index}/{event.count}] {event.name} [{bar}] {pct:3d}% of {weights.human_size(event.total)}",
             end=end,
             file=sys.stderr,
             flush=True,

@@ -142,3 +142,25 @@ def test_sequential_memory_holds_one_stage_at_a_time(demo_models, pipeline):
     assert models.loaded() == {}
     # Same numbers as with everything resident.
     assert np.array_equal(images[0].pixels, pipeline.run(request())[0].pixels)
+
+
+def test_files_already_in_the_hugging_face_cache_are_used(tmp_path, monkeypatch, demo_models):
+    """A file another tool downloaded into the HF cache needs no second copy in the weights folder."""
+    import shutil
+
+    from cascade_studio.pipeline.weights import entry_named
+
+    folder = tmp_path / "models"
+    shutil.copytree(demo_models, folder)
+    stage_c = folder / "stage_c_lite.safetensors"
+    entry = entry_named("stage_c_lite.safetensors")
+    repo = tmp_path / "hf" / f"models--{entry.repo.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snapshot = repo / "snapshots" / "abc123" / entry.filename
+    snapshot.parent.mkdir(parents=True)
+    stage_c.rename(snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+
+    assert find_files(folder, "lite")["stage_c"] == snapshot
+    assert Pipeline(ModelSet(folder)).run(request(stage_c=StageSettings(1, 4.0, 2.0)))[0].pixels.shape == (384, 256, 3)

@@ -61,7 +61,20 @@ _HINT = (
 
 
 def _locate(folder: Path, names: list[str]) -> Path | None:
-    return next((folder / n for n in names if (folder / n).is_file()), None)
+    """The first of ``names`` in ``folder``, else the first already in the Hugging Face cache."""
+    path = next((folder / n for n in names if (folder / n).is_file()), None)
+    if path is not None:
+        return path
+    from .weights import entry_named, locate
+
+    for name in names:
+        try:
+            found = locate(entry_named(name), folder)
+        except KeyError:  # not a registry file
+            continue
+        if found is not None:
+            return found.path
+    return None
 
 
 def find_files(folder: str | Path, variant: str, mode: str = "text") -> dict[str, Path]:
