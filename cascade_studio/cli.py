@@ -214,7 +214,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(models)
+    pipeline = Pipeline(models, preview_every=0)  # the terminal shows no previews
     written = []
     try:
         for job in range(args.count):

@@ -164,3 +164,12 @@ def test_files_already_in_the_hugging_face_cache_are_used(tmp_path, monkeypatch,
 
     assert find_files(folder, "lite")["stage_c"] == snapshot
     assert Pipeline(ModelSet(folder)).run(request(stage_c=StageSettings(1, 4.0, 2.0)))[0].pixels.shape == (384, 256, 3)
+
+
+def test_the_previewer_runs_only_when_someone_listens(demo_models):
+    quiet = ModelSet(demo_models)
+    Pipeline(quiet).run(request())
+    assert "previewer" not in quiet.loaded()
+    events = []
+    Pipeline(quiet, preview_every=0).run(request(), on_progress=events.append)
+    assert "previewer" not in quiet.loaded() and all(e.preview is None for e in events)

@@ -60,7 +60,8 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, embedding_size: int, k: int):
         super().__init__()
-        self.codebook = nn.Embedding(k, embedding_size)
+        # Passing the weight skips Embedding's normal_ init, which on the meta device imports sympy (~1 s).
+        self.codebook = nn.Embedding(k, embedding_size, _weight=torch.empty(k, embedding_size))
         nn.init.uniform_(self.codebook.weight, -1.0 / k, 1.0 / k)
 
     def indices(self, flat: torch.Tensor) -> torch.Tensor:

@@ -74,6 +74,8 @@ class Pipeline:
         width, height, _ = snap_size(request.width, request.height)
         batch = request.batch_size
         report = on_progress or (lambda event: None)
+        # Nobody to show them to (or switched off with preview_every=0): skip the Previewer.
+        previews = on_progress is not None and self.preview_every > 0
         cancel = should_cancel or (lambda: False)
         m = self.models
         dtype = m.dtype
@@ -115,6 +117,7 @@ class Pipeline:
             noise=noise_c,
             report=report,
             cancel=cancel,
+            previews=previews,
         )
 
         hb, wb = stage_b_latent_size(width, height)
@@ -132,6 +135,7 @@ class Pipeline:
             noise=noise_b,
             report=report,
             cancel=cancel,
+            previews=previews,
         )
 
         with m.using("stage_a") as (stage_a,):
@@ -144,9 +148,11 @@ class Pipeline:
             raise ValueError("this mode needs a source image")
         return image.to(self.device, torch.float32).unsqueeze(0)
 
-    def _sample(self, stage, cond, uncond, x_init, *, steps, t_start, settings, sampler, noise, report, cancel):
+    def _sample(
+        self, stage, cond, uncond, x_init, *, steps, t_start, settings, sampler, noise, report, cancel, previews
+    ):
         """Run Stage C (``stage="c"``, with a Previewer image per step) or Stage B; returns the last x0."""
-        roles = ("stage_c", "previewer") if stage == "c" else ("stage_b",)
+        roles = ("stage_c", "previewer") if stage == "c" and previews else (f"stage_{stage}",)
         with self.models.using(*roles) as networks:
             network, previewer = networks[0], (networks[1] if len(networks) > 1 else None)
             return self._steps(
