@@ -17,12 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def vm_hwm_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+from benchmarks.common import proc_status_mib  # noqa: E402
 
 
 def child(method: str, path: str) -> None:
@@ -39,7 +34,7 @@ def child(method: str, path: str) -> None:
         kwargs = bench_config("medium")["stage_c"]
         save_network(StageC(**kwargs), path, "stage_c", kwargs)
         return
-    base = vm_hwm_mib()
+    base = proc_status_mib("VmHWM")
     start = time.perf_counter()
     if method == "ours":
         module = load_network(path).module
@@ -53,7 +48,7 @@ def child(method: str, path: str) -> None:
         module.load_state_dict(load_file(path))
     seconds = time.perf_counter() - start
     size = sum(t.numel() * t.element_size() for t in module.state_dict().values()) / 2**20
-    print(f"{method}\t{seconds:.2f}\t{vm_hwm_mib() - base:.0f}\t{size:.0f}")
+    print(f"{method}\t{seconds:.2f}\t{proc_status_mib('VmHWM') - base:.0f}\t{size:.0f}")
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import cpu_model, mib, proc_status_mib, table  # noqa: E402
 
 CONFIG = "medium"
 THREADS = 2
@@ -43,10 +44,6 @@ STAGE_A_SCALE = 0.43
 META_DIFFUSERS = "benchmark.diffusers_config"
 
 
-def mib(n_bytes: float) -> float:
-    return n_bytes / 2**20
-
-
 def current_rss_mib() -> float:
     import psutil
 
@@ -55,24 +52,6 @@ def current_rss_mib() -> float:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def vm_hwm_mib() -> float:
-    """This process's own RSS high-water mark (/proc VmHWM), a cross-check of ``ru_maxrss``."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def latent_sizes(size: int) -> tuple[int, int]:
@@ -164,13 +143,6 @@ def compare(ours: Path, theirs: Path) -> tuple[float, float]:
     if a.shape != b.shape:
         raise SystemExit(f"output shapes differ: ours {tuple(a.shape)}, diffusers {tuple(b.shape)}")
     return (a - b).abs().max().item(), b.abs().max().item()
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "-+-".join("-" * w for w in widths)
-    fmt = " | ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join([fmt.format(*headers), line, *(fmt.format(*r) for r in rows)])
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -381,7 +353,7 @@ def child(args: argparse.Namespace) -> None:
                 "rss_after_import_mib": rss_after_import,
                 "rss_before_forward_mib": rss_before_forward,
                 "peak_rss_mib": peak_rss_mib(),
-                "vm_hwm_mib": vm_hwm_mib(),
+                "vm_hwm_mib": proc_status_mib("VmHWM"),
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "diffusers": sys.modules["diffusers"].__version__ if impl == "diffusers" else None,

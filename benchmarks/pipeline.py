@@ -52,7 +52,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -63,6 +62,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import cpu_model, proc_status_mib, table  # noqa: E402
 
 CONFIGS = ROOT.parent / "shared" / "bench" / "configs.json"
 CONFIG = "medium"
@@ -84,18 +85,6 @@ STAMP = "BENCH_PIPELINE.json"
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def mib(n_bytes: float) -> float:
-    return n_bytes / 2**20
-
-
-def proc_status_mib(field: str) -> float:
-    """VmHWM / VmRSS of this process in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def reset_peak_rss() -> bool:
     """Reset this process's RSS high-water mark (Linux >= 4.0); False where that is not allowed."""
     try:
@@ -103,16 +92,6 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:
@@ -633,13 +612,6 @@ def compare_embeddings(ours: Path, theirs: Path) -> str:
         diff, scale = (a[key] - b[key]).abs().max().item(), b[key].abs().max().item()
         parts.append(f"{key} {tuple(a[key].shape)} max|diff| {diff:.1e} (max|x| {scale:.2f})")
     return "; ".join(parts)
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "-+-".join("-" * w for w in widths)
-    fmt = " | ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join([fmt.format(*headers), line, *(fmt.format(*r) for r in rows)])
 
 
 def parent(args: argparse.Namespace) -> None:
