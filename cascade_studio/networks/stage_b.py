@@ -54,11 +54,7 @@ class StageB(CascadeUNet):
         self.clip_mapper = nn.Linear(c_clip, c_cond * c_clip_seq)
         self.clip_norm = nn.LayerNorm(c_cond, elementwise_affine=False, eps=1e-6)
 
-        self.embedding = nn.Sequential(
-            nn.PixelUnshuffle(patch_size),
-            nn.Conv2d(c_in * patch_size**2, c_hidden[0], kernel_size=1),
-            LayerNorm2d(c_hidden[0], elementwise_affine=False, eps=1e-6),
-        )
+        self._build_io(c_in, c_out, patch_size, c_hidden[0])
 
         def downscaler(c_prev: int, c_next: int, i: int) -> nn.Module:
             return nn.Sequential(
@@ -84,12 +80,6 @@ class StageB(CascadeUNet):
             self_attn=self_attn,
             downscaler=downscaler,
             upscaler=upscaler,
-        )
-
-        self.clf = nn.Sequential(
-            LayerNorm2d(c_hidden[0], elementwise_affine=False, eps=1e-6),
-            nn.Conv2d(c_hidden[0], c_out * patch_size**2, kernel_size=1),
-            nn.PixelShuffle(patch_size),
         )
 
     def gen_c_embeddings(self, clip: torch.Tensor) -> torch.Tensor:

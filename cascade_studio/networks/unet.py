@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import AttnBlock, ResBlock, TimestepBlock, make_block, r_embedding
+from .common import AttnBlock, LayerNorm2d, ResBlock, TimestepBlock, make_block, r_embedding
 
 
 def _per_level(value, levels: int) -> list:
@@ -89,6 +89,19 @@ class CascadeUNet(nn.Module):
                     nn.Conv2d(c_hidden[i], c_hidden[i], kernel_size=1) for _ in range(block_repeat[1][::-1][i] - 1)
                 )
             )
+
+    def _build_io(self, c_in: int, c_out: int, patch_size: int, c_first: int) -> None:
+        """The patch embedding in front of the U-Net and the output head behind it."""
+        self.embedding = nn.Sequential(
+            nn.PixelUnshuffle(patch_size),
+            nn.Conv2d(c_in * patch_size**2, c_first, kernel_size=1),
+            LayerNorm2d(c_first, elementwise_affine=False, eps=1e-6),
+        )
+        self.clf = nn.Sequential(
+            LayerNorm2d(c_first, elementwise_affine=False, eps=1e-6),
+            nn.Conv2d(c_first, c_out * patch_size**2, kernel_size=1),
+            nn.PixelShuffle(patch_size),
+        )
 
     def _r_embed(self, r: torch.Tensor, conds: dict) -> torch.Tensor:
         parts = [r_embedding(r, self.c_r)]
