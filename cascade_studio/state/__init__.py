@@ -1,0 +1,1 @@
+"""Observable Qt models the widgets bind to (session, queue, gallery list). No torch, no widgets."""

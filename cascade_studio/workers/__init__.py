@@ -1,0 +1,1 @@
+"""The application's only threads: the GPU worker and background I/O (thumbnails, downloads)."""
