@@ -123,7 +123,7 @@ def open_clip_text_cfg(text_encoder: dict) -> dict:
 
 
 def our_files() -> dict[str, str]:
-    from cascade_studio.pipeline.models import TEXT_ENCODER_FILE
+    from cascade_studio.pipeline.weights import TEXT_ENCODER_FILE
 
     return {
         "stage_c": "stage_c_lite.safetensors",

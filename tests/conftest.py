@@ -47,7 +47,8 @@ def _live_qthreads():
 
     from PySide6.QtCore import QThread
 
-    return [obj for obj in gc.get_objects() if isinstance(obj, QThread) and _running(obj)]
+    # type() rather than isinstance(): isinstance reads __class__, which some lazy module proxies warn about
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), QThread) and _running(obj)]
 
 
 def _running(thread) -> bool:

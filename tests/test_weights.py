@@ -15,7 +15,8 @@ import pytest
 from cascade_studio.cli import main
 from cascade_studio.pipeline import weights
 from cascade_studio.pipeline.checkpoints import identify, read_header
-from cascade_studio.pipeline.models import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE, candidates
+from cascade_studio.pipeline.models import candidates
+from cascade_studio.pipeline.weights import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE
 from tests.support.fake_hub import FakeHub, demo_file_for, hub_from_demo
 
 TOKEN = "hf_SeCrEtToKeN0123456789"

@@ -153,7 +153,7 @@ def write_demo_models(folder: str | Path, *, seed: int = 0) -> Path:
 
 def _write_demo_clip(folder: Path, seed: int) -> None:
     from .conditioning import build_text_tower, build_vision_tower, save_clip
-    from .models import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE
+    from .weights import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE
 
     text = randomize_(build_text_tower(DEMO_TEXT_CLIP), seed + 100)
     save_clip(text.state_dict(), folder / TEXT_ENCODER_FILE, DEMO_TEXT_CLIP)

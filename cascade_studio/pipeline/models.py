@@ -15,9 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import load_network, read_header
-
-TEXT_ENCODER_FILE = "clip/ViT-bigG-14-laion2b_s39b_b160k.safetensors"
-IMAGE_ENCODER_FILE = "clip/ViT-L-14-openai.safetensors"
+from .weights import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE, entry_named, locate
 
 #: role -> candidate file names, preferred first, per variant
 _CANDIDATES = {
@@ -65,7 +63,6 @@ def _locate(folder: Path, names: list[str]) -> Path | None:
     path = next((folder / n for n in names if (folder / n).is_file()), None)
     if path is not None:
         return path
-    from .weights import entry_named, locate
 
     for name in names:
         try:

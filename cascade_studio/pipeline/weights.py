@@ -36,8 +36,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import NETWORKS, CheckpointError, identify, read_header
-from .models import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE
+# checkpoints (and with it torch) is imported only where a file is verified, so the registry can be listed
+# from the window's thread without a multi-second torch import.
+
+#: where the two open_clip encoders live inside the weights folder
+TEXT_ENCODER_FILE = "clip/ViT-bigG-14-laion2b_s39b_b160k.safetensors"
+IMAGE_ENCODER_FILE = "clip/ViT-L-14-openai.safetensors"
 
 STABLE_CASCADE_REPO = "stabilityai/stable-cascade"
 #: open_clip's own Hugging Face source for ``ViT-bigG-14`` / ``laion2b_s39b_b160k``; the repository
@@ -374,6 +378,8 @@ def verify(entry: WeightFile, path: str | os.PathLike) -> None:
     An official file must also match the released layout and dtype; files that match no released
     layout are accepted when their metadata describes the right network (tiny demo/test networks).
     """
+    from .checkpoints import NETWORKS, CheckpointError, identify, read_header
+
     path = Path(path)
     if entry.network in _CLIP_KEYS:
         header = read_header(path)
@@ -474,6 +480,8 @@ def _hf_download(entry: WeightFile, staging: Path, *, token, endpoint, revision,
 
 
 def _download_one(entry, models_dir: Path, *, token, endpoint, revision, progress, cancel, index, count) -> Path:
+    from .checkpoints import CheckpointError
+
     staging = models_dir / STAGING_DIR / entry.name.replace("/", "__")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -518,6 +526,8 @@ def _same_device(a: Path, b: Path) -> bool:
 
 
 def _import_from_cache(entry: WeightFile, cached: Path, models_dir: Path) -> tuple[Path, str]:
+    from .checkpoints import CheckpointError
+
     source = Path(os.path.realpath(cached))
     try:
         verify(entry, source)
