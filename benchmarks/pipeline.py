@@ -13,6 +13,8 @@ is reported::
     .venv/bin/python benchmarks/pipeline.py                 # 512x512, best of 2
     .venv/bin/python benchmarks/pipeline.py --size 1024 --runs 2
 
+On a GPU, with full-size weights in bf16, use ``benchmarks/gpu.py``.
+
 Rows (the protocol of configs.json: seed 0, its prompt, Stage C 20 steps at guidance 4, Stage B 10 steps):
 
 * ``diffusers``: ``StableCascadeCombinedPipeline``, prior guidance 4, decoder guidance 0 (off: batch 1);
@@ -747,7 +749,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512, help="image side in pixels, a multiple of 128 (default 512)")
     parser.add_argument("--runs", type=int, default=2, help="timed generations after the warm-up (default 2)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="only cpu for now")
     parser.add_argument(
         "--impls",
         default=",".join(IMPLS),
@@ -772,10 +773,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.t_start = t_start
-    if args.device != "cpu":
-        # TODO: a CUDA mode (models on the GPU, torch.cuda.synchronize() at every stage mark,
-        # torch.cuda.max_memory_allocated() next to the peak RSS) once a GPU machine is available.
-        parser.error("--device cuda is not implemented yet (TODO); this benchmark runs on the CPU only")
     if args.size <= 0 or args.size % 128:
         parser.error(f"--size must be a positive multiple of 128, not {args.size}")
     if args.runs < 1:
