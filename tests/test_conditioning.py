@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from cascade_studio.pipeline import conditioning
-from cascade_studio.pipeline.checkpoints import CheckpointError
+from cascade_studio.pipeline.checkpoints import META_CONFIG, META_NETWORK, CheckpointError, read_header
 from cascade_studio.pipeline.conditioning import (
     CLIP_MEAN,
+    CLIP_NETWORK,
     CLIP_STD,
     EOT_TOKEN_ID,
     SOT_TOKEN_ID,
+    TRANSFORMERS_LAYOUT,
     ImageEncoder,
     TextEncoder,
     build_text_tower,
     clip_preprocess,
     save_clip,
+    save_hf_text,
+    text_layout,
+    to_hf_text_state,
 )
 from cascade_studio.pipeline.demo import randomize_
 from tests.support.configs import bench_config
-from tests.support.hf_clip import hf_text_model
+from tests.support.hf_clip import (
+    STABLE_CASCADE_TEXT_CONFIG,
+    hf_text_model,
+    open_clip_text_to_hf,
+    random_hf_text_model,
+)
 
 HF_TEXT = bench_config("tiny")["text_encoder"]  # transformers CLIPTextConfig keywords
 EOT = HF_TEXT["eos_token_id"]  # 1: != 2, so HF pools at the first occurrence of it, like us
@@ -246,6 +260,131 @@ def test_text_from_file_is_strict(tmp_path):
 
     with pytest.raises(CheckpointError, match="only .safetensors"):
         TextEncoder.from_file(tmp_path / "open_clip_pytorch_model.bin")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading transformers-format safetensors (Stability AI's text_encoder/model.safetensors)
+
+
+def hf_outputs(hf: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' ``(hidden_states[-1], text_embeds)``, called with the tokenizer's attention mask."""
+    with torch.inference_mode():
+        out = hf(input_ids=tokens, attention_mask=hf_attention_mask(tokens), output_hidden_states=True)
+    return out.hidden_states[-1], out.text_embeds
+
+
+def assert_matches_hf(encoder: TextEncoder, hf: torch.nn.Module, tokens: torch.Tensor) -> None:
+    hf_text, hf_pooled = hf_outputs(hf, tokens)
+    with torch.inference_mode():
+        clip_text, pooled = encoder.encode_tokens(tokens)
+    assert clip_text.shape == hf_text.shape and pooled.shape == (len(tokens), 1, hf_pooled.shape[-1])
+    assert rel_diff(clip_text, hf_text) <= 1e-5, rel_diff(clip_text, hf_text)  # all 77 positions
+    assert rel_diff(pooled[:, 0], hf_pooled) <= 1e-5, rel_diff(pooled[:, 0], hf_pooled)
+
+
+def test_text_from_transformers_save_pretrained(tmp_path):
+    """transformers' own file: every key mapping (q/k/v packing, layer norms, MLP, projection) checked by its output."""
+    hf = random_hf_text_model(HF_TEXT, seed=20)  # random layer norms too: a swapped name would show
+    hf.save_pretrained(tmp_path / "text_encoder")
+    path = tmp_path / "text_encoder" / "model.safetensors"
+    header = read_header(path)
+    assert text_layout(header) == TRANSFORMERS_LAYOUT and "text_projection.weight" in header.tensors
+
+    encoder = TextEncoder.from_file(path, model_cfg=tiny_clip_config(), eot_token_id=EOT)
+    assert encoder.dtype == torch.float32
+    assert_matches_hf(encoder, hf, token_batch([1, 5, 12, 30, LENGTH - 1], seed=21))
+
+
+def test_text_from_transformers_file_with_metadata_and_position_ids(tmp_path, monkeypatch):
+    """A bare save_file in the transformers layout; the config comes from our metadata; position ids are skipped."""
+    hf = random_hf_text_model(HF_TEXT, seed=22)
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    state["text_model.embeddings.position_ids"] = torch.arange(LENGTH)[None]  # older transformers saved it
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path), metadata={META_NETWORK: CLIP_NETWORK, META_CONFIG: json.dumps(tiny_clip_config())})
+
+    spy = ReadSpy(monkeypatch)
+    encoder = TextEncoder.from_file(path, eot_token_id=EOT)
+    assert "text_model.embeddings.position_ids" not in spy.keys and len(spy.keys) == len(state) - 1
+    assert_matches_hf(encoder, hf, token_batch([3, 40, LENGTH - 1], seed=23))
+
+
+def test_text_from_a_bf16_transformers_file(tmp_path):
+    """Like the released file: bf16 on disk, loaded as bf16 or widened to float32."""
+    hf = random_hf_text_model(HF_TEXT, seed=24)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in hf.state_dict().items()}, str(path))
+    rounded = hf.to(torch.bfloat16).float()  # the oracle with the very weights the file holds
+    tokens = token_batch([2, 17, 60], seed=25)
+
+    wide = TextEncoder.from_file(path, model_cfg=tiny_clip_config(), eot_token_id=EOT, dtype=torch.float32)
+    assert wide.dtype == torch.float32
+    assert_matches_hf(wide, rounded, tokens)
+    half = TextEncoder.from_file(path, model_cfg=tiny_clip_config(), eot_token_id=EOT)
+    assert half.dtype == torch.bfloat16
+    with torch.inference_mode():
+        text, pooled = half.encode_tokens(tokens)
+    assert text.dtype == torch.bfloat16 and torch.isfinite(text).all()
+    assert rel_diff(pooled[:, 0].float(), hf_outputs(rounded, tokens)[1]) < 0.05
+
+
+def test_text_saved_in_transformers_layout_loads_back_exactly(tmp_path):
+    """save_hf_text (the demo's writer) agrees with the test oracle's converter and round-trips bit for bit."""
+    tower = tiny_tower(seed=26)
+    state = tower.state_dict()
+    converted = to_hf_text_state(state)
+    oracle = open_clip_text_to_hf({k: v for k, v in state.items() if k != "attn_mask"})
+    assert converted.keys() == oracle.keys() and all(torch.equal(converted[k], oracle[k]) for k in oracle)
+
+    path = save_hf_text(state, tmp_path / "text_encoder" / "model.safetensors", tiny_clip_config())
+    loaded = TextEncoder.from_file(path, eot_token_id=EOT)
+    tokens = token_batch([4, 50], seed=27)
+    with torch.inference_mode():
+        ours, theirs = loaded.encode_tokens(tokens), TextEncoder(tower, eot_token_id=EOT).encode_tokens(tokens)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_transformers_text_file_is_strict(tmp_path):
+    state = {k: v.contiguous() for k, v in random_hf_text_model(HF_TEXT, seed=28).state_dict().items()}
+    metadata = {META_NETWORK: CLIP_NETWORK, META_CONFIG: json.dumps(tiny_clip_config())}
+
+    def write(name: str, tensors: dict) -> Path:
+        save_file(tensors, str(tmp_path / name), metadata=metadata)
+        return tmp_path / name
+
+    q = "text_model.encoder.layers.1.self_attn.q_proj.weight"
+    path = write("missing.safetensors", {k: v for k, v in state.items() if k != q})
+    with pytest.raises(CheckpointError, match=f"CLIPTextModelWithProjection layout: 1 missing key.*{q}") as err:
+        TextEncoder.from_file(path)
+    assert str(path) in str(err.value)
+
+    path = write("extra.safetensors", {**state, "text_model.encoder.layers.9.layer_norm1.weight": torch.ones(32)})
+    with pytest.raises(CheckpointError, match="unexpected.*layers.9.layer_norm1.weight"):
+        TextEncoder.from_file(path)
+
+    # Without our metadata the file is taken for ViT-bigG-14 (the released file's architecture): every shape is wrong.
+    path = tmp_path / "plain.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match="wrongly shaped.*stabilityai/stable-cascade"):
+        TextEncoder.from_file(path)
+
+
+def test_released_text_encoder_layout_is_what_the_bigg_tower_reads():
+    """Stability AI's text_encoder (its config.json) has exactly the tensors our ViT-bigG-14 tower expects."""
+    import open_clip
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from cascade_studio.pipeline.weights import TEXT_ENCODER_FILE, entry_named
+
+    with torch.device("meta"):
+        released = CLIPTextModelWithProjection(CLIPTextConfig(**STABLE_CASCADE_TEXT_CONFIG))
+        tower = build_text_tower(open_clip.get_model_config(conditioning.TEXT_MODEL))
+    released_shapes = {k: tuple(v.shape) for k, v in released.state_dict().items()}
+    assert conditioning._hf_text_shapes(tower) == released_shapes
+    # bf16: two bytes a value, plus the header, is the size the registry lists
+    values = sum(math.prod(s) for s in released_shapes.values())
+    entry = entry_named(TEXT_ENCODER_FILE)
+    assert entry.dtype == "BF16" and 0 < entry.size - 2 * values < 200_000
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from cascade_studio.cli import main
 from cascade_studio.pipeline import weights
 from cascade_studio.pipeline.checkpoints import identify, read_header
 from cascade_studio.pipeline.models import candidates
-from cascade_studio.pipeline.weights import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE
+from cascade_studio.pipeline.weights import IMAGE_ENCODER_FILE, OPEN_CLIP_TEXT_ENCODER_FILE, TEXT_ENCODER_FILE
 from tests.support.fake_hub import FakeHub, demo_file_for, hub_from_demo
 
 TOKEN = "hf_SeCrEtToKeN0123456789"
@@ -82,9 +82,25 @@ def test_registry_covers_every_variant_with_official_names():
         assert {choices[0] for choices in candidates(variant).values()} <= names
     for entry in weights.REGISTRY:
         assert entry.name.endswith(".safetensors") and entry.filename.endswith(".safetensors")
-        assert entry.size > 0 and entry.variants
+        assert entry.size > 0 and (entry.variants or entry.name == OPEN_CLIP_TEXT_ENCODER_FILE)
     clip = weights.entry_named(IMAGE_ENCODER_FILE)
     assert (clip.repo, clip.filename) == ("timm/vit_large_patch14_clip_224.openai", "open_clip_model.safetensors")
+    # the text encoder: Stability AI's bigG text tower alone (bf16, transformers format), not open_clip's 10 GB file
+    text = weights.entry_named(TEXT_ENCODER_FILE)
+    assert (text.repo, text.filename) == ("stabilityai/stable-cascade", "text_encoder/model.safetensors")
+    assert (text.size, text.dtype, text.size_is_estimate) == (1_389_382_688, "BF16", False)
+    assert text.variants == {"lite", "full", "lite-fp32", "full-fp32"}
+    alternative = weights.entry_named(OPEN_CLIP_TEXT_ENCODER_FILE)
+    assert alternative.network == "clip_text" and not alternative.variants  # found if present, never downloaded
+    assert candidates("lite")["text_encoder"] == [TEXT_ENCODER_FILE, OPEN_CLIP_TEXT_ENCODER_FILE]
+    totals = {v: weights.human_size(sum(e.size for e in weights.files_for(v))) for v in weights.VARIANTS}
+    assert totals == {
+        "lite": "6.7 GB",
+        "full": "13.6 GB",
+        "lite-fp32": "10.2 GB",
+        "full-fp32": "23.9 GB",
+        "controlnets": "1.2 GB",
+    }
     with pytest.raises(ValueError, match="variant"):
         weights.files_for("huge")
 
@@ -246,6 +262,53 @@ def test_locate_finds_files_in_the_folder_and_in_the_hf_cache(tmp_path, hub, dem
     assert weights.locate(image, models).where == weights.FOLDER
 
 
+def test_the_text_encoder_verifies_in_either_layout(demo_models, tmp_path):
+    from cascade_studio.pipeline.checkpoints import CheckpointError
+    from cascade_studio.pipeline.conditioning import TextEncoder, save_clip
+    from cascade_studio.pipeline.demo import DEMO_TEXT_CLIP
+
+    entry = weights.entry_named(TEXT_ENCODER_FILE)
+    weights.verify(entry, demo_models / TEXT_ENCODER_FILE)  # transformers layout (the released file's)
+    tower = TextEncoder.from_file(demo_models / TEXT_ENCODER_FILE).tower
+    open_clip_file = save_clip(tower.state_dict(), tmp_path / "bigG.safetensors", DEMO_TEXT_CLIP)
+    weights.verify(entry, open_clip_file)
+    weights.verify(weights.entry_named(OPEN_CLIP_TEXT_ENCODER_FILE), open_clip_file)
+    with pytest.raises(CheckpointError, match="not a CLIP checkpoint with a text tower"):
+        weights.verify(entry, demo_models / IMAGE_ENCODER_FILE)
+
+
+def test_the_open_clip_text_encoder_is_used_when_the_default_is_absent(tmp_path, demo_models):
+    """open_clip's full bigG file stands in for text_encoder/model.safetensors, in the folder or the HF cache."""
+    import torch
+
+    from cascade_studio.pipeline.conditioning import TextEncoder, save_clip
+    from cascade_studio.pipeline.demo import DEMO_TEXT_CLIP
+    from cascade_studio.pipeline.models import MissingWeights, ModelSet, find_files
+
+    folder = tmp_path / "models"
+    shutil.copytree(demo_models, folder)
+    released = TextEncoder.from_file(folder / TEXT_ENCODER_FILE)
+    (folder / TEXT_ENCODER_FILE).unlink()
+    with pytest.raises(MissingWeights, match=TEXT_ENCODER_FILE):
+        find_files(folder, "lite")
+
+    alternative = save_clip(released.tower.state_dict(), folder / OPEN_CLIP_TEXT_ENCODER_FILE, DEMO_TEXT_CLIP)
+    assert find_files(folder, "lite")["text_encoder"] == alternative
+    encoder = ModelSet(folder).get("text_encoder")
+    prompts = ["a photo of a cat", ""]
+    assert all(torch.equal(a, b) for a, b in zip(encoder.encode(prompts), released.encode(prompts), strict=True))
+
+    # as open_clip itself downloads it: laion/CLIP-ViT-bigG-14-laion2B-39B-b160k in the Hugging Face cache
+    entry = weights.entry_named(OPEN_CLIP_TEXT_ENCODER_FILE)
+    repo = weights.hf_cache_dir() / f"models--{entry.repo.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snapshot = repo / "snapshots" / "abc123" / entry.filename
+    snapshot.parent.mkdir(parents=True)
+    alternative.rename(snapshot)
+    assert find_files(folder, "lite")["text_encoder"] == snapshot
+
+
 # ---------------------------------------------------------------------------------------------
 # command line
 
@@ -256,7 +319,9 @@ def test_cli_download_end_to_end(tmp_path, hub, capsys):
     captured = capsys.readouterr()
     for name in LITE:
         assert (models / name).is_file() and name in captured.out
-    assert "To download:" in captured.out and "GB" in captured.out  # sizes before starting
+    total = weights.human_size(sum(e.size for e in weights.files_for("lite")))
+    assert f"To download: {total}" in captured.out and total.endswith(" GB")  # sizes before starting
+    assert f"{TEXT_ENCODER_FILE}: 1.4 GB from stabilityai/stable-cascade" in captured.out
     assert "stage_c_lite_bf16.safetensors" in captured.err and "100%" in captured.err  # progress on stderr
     assert _leftovers(models) == sorted(LITE)
 
@@ -270,6 +335,25 @@ def test_cli_download_end_to_end(tmp_path, hub, capsys):
     out = capsys.readouterr().out
     assert "lite: complete" in out and f"{TEXT_ENCODER_FILE}: present (weights folder)" in out
     assert "full: 2 of 7 files missing" in out and "stage_c_bf16.safetensors: missing (7.2 GB)" in out
+
+
+def test_an_open_clip_text_encoder_in_the_folder_means_nothing_to_download(tmp_path, hub, demo_models, capsys):
+    from cascade_studio.pipeline.conditioning import TextEncoder, save_clip
+    from cascade_studio.pipeline.demo import DEMO_TEXT_CLIP
+
+    models = tmp_path / "models"
+    tower = TextEncoder.from_file(demo_models / TEXT_ENCODER_FILE).tower
+    alternative = save_clip(tower.state_dict(), models / OPEN_CLIP_TEXT_ENCODER_FILE, DEMO_TEXT_CLIP)
+    entry = weights.entry_named(TEXT_ENCODER_FILE)
+    assert weights.locate(entry, models) == weights.Location(alternative, weights.SUBSTITUTE)
+    assert weights.locate(entry, models, substitutes=False) is None
+
+    assert main(["--models-dir", str(models), "download", "--endpoint", hub.url]) == 0
+    assert f"{TEXT_ENCODER_FILE}: skipped, {alternative} is used instead" in capsys.readouterr().out
+    assert not (models / TEXT_ENCODER_FILE).exists()
+    assert not hub.gets(TEXT_ENCODER_FILE)
+    assert main(["--models-dir", str(models), "info"]) == 0
+    assert "lite: complete" in capsys.readouterr().out
 
 
 def test_cli_download_uses_hf_endpoint_and_reports_errors(tmp_path, hub, monkeypatch, capsys):

@@ -1,9 +1,16 @@
 """CLIP conditioning: the ViT-bigG-14 text encoder and the ViT-L/14 image encoder.
 
-Both are open_clip towers read from open_clip-format safetensors checkpoints (a full CLIP file:
-text keys at the top level, the vision tower under ``visual.``); only the tower that is needed is
-built (on the ``meta`` device) and only its tensors are read. No network access is ever needed:
-the tokenizer's BPE vocabulary ships with open_clip.
+Both are open_clip towers. The text tower is read from either of two safetensors layouts:
+
+* transformers' ``CLIPTextModelWithProjection`` (``text_model.*`` keys, q/k/v projections apart,
+  ``text_projection.weight`` a Linear weight): Stability AI's ``text_encoder/model.safetensors``
+  (bigG's text tower alone, bf16, 1.39 GB), the default;
+* open_clip's full CLIP file (text keys at the top level, the vision tower under ``visual.``), e.g.
+  ``open_clip_model.safetensors`` of ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k`` (10 GB, both towers).
+
+The image tower is read from an open_clip file. Only the tower that is needed is built (on the
+``meta`` device) and only its tensors are read. No network access is ever needed: the tokenizer's
+BPE vocabulary ships with open_clip.
 
 The reference conditions Stable Cascade with Hugging Face's ``CLIPTextModelWithProjection`` called
 *with* the tokenizer's attention mask. open_clip's own text forward has no padding mask, and the
@@ -15,6 +22,11 @@ end-of-text token is padding) and returns
 * ``clip_text_pooled``: ``ln_final`` at the end-of-text position, times ``text_projection``
   (not normalised), (B, 1, C_proj).
 
+It runs the blocks batch-first with ``F.linear`` and ``scaled_dot_product_attention`` on open_clip's
+weights: ``nn.MultiheadAttention(batch_first=True)`` would transpose its input to sequence-first and
+project a non-contiguous tensor, which PyTorch's CPU linear does as a slow batched matmul (about
+1.6x the whole encoder's time).
+
 :class:`ImageEncoder` returns the projected (not normalised) ViT-L/14 image embedding, (B, 1, 768),
 after CLIP's preprocessing. open_clip itself is imported only when an encoder is built or a prompt
 tokenised, since importing it takes seconds.
@@ -25,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -88,6 +101,23 @@ def _target_dtype(header: Header, keys: Sequence[str], dtype: torch.dtype | None
     return DTYPES[floats.pop()][0] if len(floats) == 1 else torch.float32
 
 
+def _read_and_assign(
+    tower: nn.Module,
+    header: Header,
+    keys: Sequence[str],
+    assemble: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+    *,
+    dtype: torch.dtype | None,
+    device: str | torch.device,
+) -> torch.dtype:
+    """Read the tensors ``keys`` of ``header`` and assign ``assemble(tensors)`` into the meta-built ``tower``."""
+    target = _target_dtype(header, list(keys), dtype)
+    wanted = dataclasses.replace(header, tensors={k: header.tensors[k] for k in keys})
+    tensors = dict(read_tensors(wanted, dtype=target, device=device))
+    tower.load_state_dict(assemble(tensors), strict=True, assign=True)
+    return target
+
+
 def _load_tower(
     tower: nn.Module,
     header: Header,
@@ -97,7 +127,7 @@ def _load_tower(
     dtype: torch.dtype | None,
     device: str | torch.device,
 ) -> torch.dtype:
-    """Assign the tensors ``keys`` (file key -> tower key) of ``header`` into the meta-built ``tower``.
+    """Assign the tensors ``keys`` (file key -> tower key) of an open_clip file into the meta-built ``tower``.
 
     Strict: a missing, unexpected or wrongly shaped key is a :class:`CheckpointError` naming the file.
     """
@@ -105,9 +135,10 @@ def _load_tower(
     expected = {k: tuple(v.shape) for k, v in tower.state_dict().items()}
     found = {tower_key: header.tensors[file_key].shape for file_key, tower_key in keys.items()}
     if not found:
+        also = " or in transformers format (stabilityai/stable-cascade's text_encoder/model.safetensors)"
         raise CheckpointError(
-            f"{path}: holds no {what} tensors; expected an open_clip-format CLIP checkpoint "
-            f"(e.g. open_clip_model.safetensors from the model's Hugging Face repository)."
+            f"{path}: holds no {what} tensors; expected a CLIP checkpoint in open_clip format (e.g. "
+            f"open_clip_model.safetensors from the model's Hugging Face repository){also if 'text' in what else ''}."
         )
     diff = layout_diff(found, expected)
     if diff.size:
@@ -116,11 +147,9 @@ def _load_tower(
             "Use the open_clip-format (open_clip_model.safetensors) file of the right model, or re-download it "
             "if it should be that file."
         )
-    target = _target_dtype(header, list(keys), dtype)
-    wanted = dataclasses.replace(header, tensors={k: header.tensors[k] for k in keys})
-    state = {keys[k]: t for k, t in read_tensors(wanted, dtype=target, device=device)}
-    tower.load_state_dict(state, strict=True, assign=True)
-    return target
+    return _read_and_assign(
+        tower, header, list(keys), lambda t: {keys[k]: v for k, v in t.items()}, dtype=dtype, device=device
+    )
 
 
 def _check_materialised(module: nn.Module) -> None:
@@ -133,7 +162,7 @@ def save_clip(state: Mapping[str, torch.Tensor], path: str | os.PathLike, model_
     """Write an open_clip-format CLIP state dict with its model config in the metadata.
 
     Such a file loads with :meth:`TextEncoder.from_file` / :meth:`ImageEncoder.from_file` whatever
-    its size (the demo model set's tiny encoders).
+    its size (tiny test encoders, the demo model set's image encoder).
     """
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     return write_safetensors(tensors, path, {META_NETWORK: CLIP_NETWORK, META_CONFIG: json.dumps(dict(model_cfg))})
@@ -141,6 +170,33 @@ def save_clip(state: Mapping[str, torch.Tensor], path: str | os.PathLike, model_
 
 # ---------------------------------------------------------------------------------------------
 # text
+
+#: :func:`text_layout` values
+OPEN_CLIP_LAYOUT = "open_clip"
+TRANSFORMERS_LAYOUT = "transformers"
+#: prefix of the text model's keys in transformers' ``CLIPTextModel(WithProjection)`` state dicts
+HF_TEXT_PREFIX = "text_model."
+#: keys a transformers text checkpoint may hold that the tower has no use for (older transformers
+#: saved the position ids; some single-file exports keep the logit scale)
+_HF_IGNORED = frozenset({"text_model.embeddings.position_ids", "logit_scale"})
+_HF_NAMES = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "text_projection": "text_projection.weight",  # open_clip: x @ P, P (width, embed); transformers: Linear
+    "text_projection.weight": "text_projection.weight",  # open_clip towers built with a Linear projection
+}
+_HF_BLOCK_NAMES = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+_RESBLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)")
+#: open_clip text tower keys whose transformers tensor is the transpose
+_HF_TRANSPOSED = frozenset({"text_projection"})
 
 
 def build_text_tower(model_cfg: Mapping, *, quick_gelu: bool | None = None) -> nn.Module:
@@ -157,14 +213,134 @@ def text_keys(header: Header) -> dict[str, str]:
     return {k: k for k in header.tensors if not k.startswith(_VISUAL) and k not in _SHARED_KEYS}
 
 
+def text_layout(header: Header) -> str:
+    """:data:`TRANSFORMERS_LAYOUT` for transformers' ``text_model.*`` keys, else :data:`OPEN_CLIP_LAYOUT`."""
+    return TRANSFORMERS_LAYOUT if any(k.startswith(HF_TEXT_PREFIX) for k in header.tensors) else OPEN_CLIP_LAYOUT
+
+
+def hf_text_names(key: str) -> tuple[str, ...]:
+    """The transformers key(s) of open_clip text tower tensor ``key``: (q, k, v) for a packed ``in_proj``.
+
+    A packed ``in_proj_weight`` / ``in_proj_bias`` is the concatenation of the three along dim 0;
+    ``text_projection`` is transposed (see :data:`_HF_TRANSPOSED`); every other tensor is the same.
+    """
+    if key in _HF_NAMES:
+        return (_HF_NAMES[key],)
+    if m := _RESBLOCK.fullmatch(key):
+        index, rest = m.groups()
+        prefix = f"{HF_TEXT_PREFIX}encoder.layers.{index}."
+        if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+            kind = rest.rsplit("_", 1)[1]
+            return tuple(f"{prefix}self_attn.{name}_proj.{kind}" for name in "qkv")
+        module, _, kind = rest.rpartition(".")
+        if module in _HF_BLOCK_NAMES:
+            return (f"{prefix}{_HF_BLOCK_NAMES[module]}.{kind}",)
+    raise KeyError(f"the open_clip text tower tensor {key!r} has no transformers counterpart")
+
+
+def to_hf_text_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An open_clip text tower state dict in transformers' ``CLIPTextModelWithProjection`` key layout."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == "attn_mask":
+            continue
+        names = hf_text_names(key)
+        if key in _HF_TRANSPOSED:
+            value = value.t()
+        out.update((name, part.contiguous()) for name, part in zip(names, value.chunk(len(names)), strict=True))
+    return out
+
+
+def _hf_text_shapes(tower: nn.Module) -> dict[str, tuple[int, ...]]:
+    """transformers key -> shape of the tensors that make up ``tower``'s state dict."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, value in tower.state_dict().items():
+        if key == "attn_mask":
+            continue
+        try:
+            names = hf_text_names(key)
+        except KeyError as exc:
+            raise CheckpointError(f"this text tower cannot be read from a transformers-format file: {exc}") from None
+        shape = tuple(value.shape)[::-1] if key in _HF_TRANSPOSED else tuple(value.shape)
+        shapes.update((name, (shape[0] // len(names), *shape[1:])) for name in names)
+    return shapes
+
+
+def _load_hf_text(tower: nn.Module, header: Header, *, dtype: torch.dtype | None, device: str | torch.device) -> None:
+    """Assign a transformers-format text checkpoint (``CLIPTextModelWithProjection``) into the meta-built ``tower``.
+
+    Strict, like :func:`_load_tower`: the file must hold exactly the tensors of this tower (errors name
+    the transformers keys); the position ids and a logit scale are skipped.
+    """
+    expected = _hf_text_shapes(tower)
+    keys = [k for k in header.tensors if k not in _HF_IGNORED]
+    diff = layout_diff({k: header.tensors[k].shape for k in keys}, expected)
+    if diff.size:
+        raise CheckpointError(
+            f"{header.path}: the CLIP text tensors do not match the expected transformers "
+            f"CLIPTextModelWithProjection layout: {diff.describe()}. Use Stability AI's text_encoder/model.safetensors "
+            "(CLIP ViT-bigG/14) from stabilityai/stable-cascade, or re-download it if it should be that file."
+        )
+    tower_keys = [k for k in tower.state_dict() if k != "attn_mask"]
+
+    def assemble(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        state = {}
+        for key in tower_keys:
+            parts = [tensors.pop(name) for name in hf_text_names(key)]
+            value = torch.cat(parts) if len(parts) > 1 else parts[0]
+            state[key] = value.t().contiguous() if key in _HF_TRANSPOSED else value
+        return state
+
+    _read_and_assign(tower, header, keys, assemble, dtype=dtype, device=device)
+
+
+def save_hf_text(state: Mapping[str, torch.Tensor], path: str | os.PathLike, model_cfg: Mapping) -> Path:
+    """Write an open_clip text tower state dict in transformers' layout, with its model config in the metadata.
+
+    The file has the key layout of Stability AI's ``text_encoder/model.safetensors`` and loads with
+    :meth:`TextEncoder.from_file` whatever its size (the demo model set's tiny text encoder).
+    """
+    metadata = {META_NETWORK: CLIP_NETWORK, META_CONFIG: json.dumps(dict(model_cfg)), "format": "pt"}
+    return write_safetensors(to_hf_text_state(state), path, metadata)
+
+
 def _open_clip_tokenizer(model_name: str, context_length: int) -> Callable[[list[str]], torch.Tensor]:
     import open_clip
 
     return open_clip.get_tokenizer(model_name, context_length=context_length)
 
 
+def _check_blocks(tower: nn.Module) -> None:
+    for i, block in enumerate(tower.transformer.resblocks):
+        attn = getattr(block, "attn", None)
+        plain = (
+            isinstance(attn, nn.MultiheadAttention)
+            and attn._qkv_same_embed_dim
+            and not hasattr(block, "ln_1_kv")
+            and all(hasattr(block, name) for name in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2"))
+        )
+        if not plain:
+            raise ValueError(f"text tower block {i} ({type(block).__name__}) is not a plain open_clip attention block")
+
+
+def _attention_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``ResidualAttentionBlock`` on a batch-first (B, L, C) ``x``, attention by linear + SDPA.
+
+    Same weights and arithmetic as the block's own forward, but the input projection gets a contiguous
+    input (see the module docstring). ``mask``: boolean (B, 1, L, L), True where a query may attend a key.
+    """
+    attn = block.attn
+    batch, length, width = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, heads, L, d)
+    h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    x = x + block.ls_1(attn.out_proj(h.transpose(1, 2).reshape(batch, length, width)))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 class TextEncoder(nn.Module):
-    """The CLIP text encoder as Stable Cascade uses it (Hugging Face semantics, open_clip weights).
+    """The CLIP text encoder as Stable Cascade uses it (Hugging Face semantics, open_clip tower).
 
     ``tower`` is an open_clip ``TextTransformer``; ``tokenizer`` maps a list of prompts to a
     (B, context) LongTensor (default: open_clip's tokenizer for ``TEXT_MODEL``, created on first use).
@@ -179,6 +355,7 @@ class TextEncoder(nn.Module):
         tokenizer_model: str = TEXT_MODEL,
     ) -> None:
         super().__init__()
+        _check_blocks(tower)
         self.tower = tower.eval().requires_grad_(False)
         self.eot_token_id = eot_token_id
         self.context_length = int(tower.positional_embedding.shape[0])
@@ -193,19 +370,26 @@ class TextEncoder(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         model_name: str = TEXT_MODEL,
+        model_cfg: Mapping | None = None,
         quick_gelu: bool | None = None,
         eot_token_id: int = EOT_TOKEN_ID,
     ) -> TextEncoder:
-        """Load the text tower of an open_clip-format CLIP safetensors file (``visual.*`` is not read).
+        """Load the text tower of a CLIP safetensors file in transformers or open_clip layout.
 
-        ``dtype=None`` keeps the file's precision. The architecture is open_clip's ``model_name``
-        config unless the file's metadata carries one (see :data:`CLIP_NETWORK`).
+        The layout is told by the keys (:func:`text_layout`): transformers' ``CLIPTextModelWithProjection``
+        (Stability AI's ``text_encoder/model.safetensors``), or a full open_clip CLIP file, whose
+        ``visual.*`` tensors are not read. ``dtype=None`` keeps the file's precision. The architecture
+        is ``model_cfg`` (an open_clip model config) if given, else the one in the file's metadata
+        (see :data:`CLIP_NETWORK`), else open_clip's ``model_name`` config.
         """
         header = read_header(path)
-        cfg = _model_config(header, model_name, "text_cfg")
+        cfg = dict(model_cfg) if model_cfg is not None else _model_config(header, model_name, "text_cfg")
         with torch.device("meta"):
             tower = build_text_tower(cfg, quick_gelu=quick_gelu)
-        _load_tower(tower, header, text_keys(header), what="CLIP text", dtype=dtype, device=device)
+        if text_layout(header) == TRANSFORMERS_LAYOUT:
+            _load_hf_text(tower, header, dtype=dtype, device=device)
+        else:
+            _load_tower(tower, header, text_keys(header), what="CLIP text", dtype=dtype, device=device)
         if getattr(tower, "attn_mask", None) is not None:  # non-persistent: rebuild it off the meta device
             tower.attn_mask = tower.build_causal_mask().to(device)
         _check_materialised(tower)
@@ -245,21 +429,16 @@ class TextEncoder(nn.Module):
             raise ValueError(f"token rows {rows} have no end-of-text token (id {self.eot_token_id})")
         return is_eot.int().argmax(dim=1)
 
-    def attention_mask(self, tokens: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Additive (B·heads, L, L) mask: causal, and no position attends to keys after the EOT.
+    def attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Boolean (B, 1, L, L) mask, True where a query may attend a key: causal, and no key after the EOT.
 
-        Key 0 is never masked, so no row is fully masked (no NaN from the softmax).
+        What transformers builds from the tokenizer's ``attention_mask`` (padding keys masked) on top of
+        the causal mask. Key 0 is never masked, so no row is fully masked (no NaN from the softmax).
         """
-        batch, length = tokens.shape
-        dtype = dtype or self.dtype
-        heads = self.tower.transformer.resblocks[0].attn.num_heads
-        eot = self.eot_positions(tokens)
-        positions = torch.arange(length, device=tokens.device)
-        padding = positions[None, :] > eot[:, None]  # (B, L): True for padding keys
-        blocked = torch.triu(torch.ones(length, length, dtype=torch.bool, device=tokens.device), 1)
-        blocked = blocked[None] | padding[:, None, :]  # (B, Lq, Lk)
-        mask = torch.zeros(blocked.shape, dtype=dtype, device=tokens.device).masked_fill_(blocked, float("-inf"))
-        return mask.repeat_interleave(heads, dim=0)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        causal = positions[None, :] <= positions[:, None]  # (Lq, Lk)
+        not_padding = positions[None, :] <= self.eot_positions(tokens)[:, None]  # (B, Lk)
+        return (causal[None] & not_padding[:, None, :]).unsqueeze(1)
 
     @torch.no_grad()
     def encode_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,14 +454,8 @@ class TextEncoder(nn.Module):
         mask = self.attention_mask(tokens)
 
         x = tower.token_embedding(tokens) + tower.positional_embedding.to(self.dtype)
-        # open_clip >= 2.23 runs its blocks batch-first (Transformer.batch_first); older ones sequence-first.
-        batch_first = getattr(tower.transformer, "batch_first", False)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for block in tower.transformer.resblocks:
-            x = block(x, attn_mask=mask)
-        if not batch_first:
-            x = x.transpose(0, 1)
+        for block in tower.transformer.resblocks:  # batch-first whatever the tower's own layout
+            x = _attention_block(block, x, mask)
         clip_text = x
 
         pooled = tower.ln_final(x[torch.arange(x.shape[0], device=x.device), eot])
@@ -414,12 +587,19 @@ __all__ = [
     "CONTEXT_LENGTH",
     "EOT_TOKEN_ID",
     "SOT_TOKEN_ID",
+    "HF_TEXT_PREFIX",
+    "OPEN_CLIP_LAYOUT",
+    "TRANSFORMERS_LAYOUT",
     "ImageEncoder",
     "TextEncoder",
     "build_text_tower",
     "build_vision_tower",
     "clip_preprocess",
+    "hf_text_names",
     "save_clip",
+    "save_hf_text",
     "text_keys",
+    "text_layout",
+    "to_hf_text_state",
     "vision_keys",
 ]

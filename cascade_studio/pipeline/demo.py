@@ -1,7 +1,7 @@
 """Demo weights: tiny random-weight networks with the official file and key names.
 
 `cascade-studio generate --demo` (and the test suite) build this model set in seconds, offline,
-and run the real loader and pipeline on it, so every screen can be tried before a 10 GB
+and run the real loader and pipeline on it, so every screen can be tried before a 7 GB
 download. Demo weights produce noise, not pictures; everything made with them says so.
 """
 
@@ -80,7 +80,8 @@ DEMO_NETWORKS: dict[str, tuple[str, dict]] = {
 
 
 #: open_clip model configs of the demo CLIP encoders (tiny towers, the real tokenizer's vocabulary;
-#: the image embedding keeps the real 768 width that Stage C expects).
+#: the image embedding keeps the real 768 width that Stage C expects). The text encoder is written in
+#: the released file's transformers layout, the image encoder in open_clip's.
 DEMO_TEXT_CLIP = {
     "embed_dim": 32,
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
@@ -126,6 +127,8 @@ def build_demo_network(file_name: str, seed: int = 0) -> nn.Module:
 
 def write_demo_models(folder: str | Path, *, seed: int = 0) -> Path:
     """Write the demo model set into ``folder`` (skipped when an identical set is already there)."""
+    from .weights import TEXT_ENCODER_FILE
+
     folder = Path(folder)
     stamp = folder / "DEMO_WEIGHTS.json"
     wanted = json.loads(
@@ -134,6 +137,7 @@ def write_demo_models(folder: str | Path, *, seed: int = 0) -> Path:
                 "seed": seed,
                 "networks": DEMO_NETWORKS,
                 "text": DEMO_TEXT_CLIP,
+                "text_file": TEXT_ENCODER_FILE,
                 "image": DEMO_IMAGE_CLIP,
                 "notice": DEMO_NOTICE,
             }
@@ -152,10 +156,10 @@ def write_demo_models(folder: str | Path, *, seed: int = 0) -> Path:
 
 
 def _write_demo_clip(folder: Path, seed: int) -> None:
-    from .conditioning import build_text_tower, build_vision_tower, save_clip
+    from .conditioning import build_text_tower, build_vision_tower, save_clip, save_hf_text
     from .weights import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE
 
     text = randomize_(build_text_tower(DEMO_TEXT_CLIP), seed + 100)
-    save_clip(text.state_dict(), folder / TEXT_ENCODER_FILE, DEMO_TEXT_CLIP)
+    save_hf_text(text.state_dict(), folder / TEXT_ENCODER_FILE, DEMO_TEXT_CLIP)
     vision = randomize_(build_vision_tower(DEMO_IMAGE_CLIP), seed + 101)
     save_clip({f"visual.{k}": v for k, v in vision.state_dict().items()}, folder / IMAGE_ENCODER_FILE, DEMO_IMAGE_CLIP)

@@ -1,8 +1,9 @@
 """Which weight files a generation needs, where they are, and the loaded networks.
 
 Files keep their official names (``stage_c_lite_bf16.safetensors`` …) in the weights folder. The
-two CLIP encoders, which Stability AI does not ship in the single-file release, live under
-``clip/`` in open_clip's safetensors format.
+text encoder is ``text_encoder/model.safetensors`` (its path in stabilityai/stable-cascade, transformers
+format), or else open_clip's full ViT-bigG-14 file under ``clip/``; the image encoder, which Stability AI
+does not ship in the single-file release, lives under ``clip/`` in open_clip's safetensors format.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import load_network, read_header
-from .weights import IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE, entry_named, locate
+from .weights import IMAGE_ENCODER_FILE, OPEN_CLIP_TEXT_ENCODER_FILE, TEXT_ENCODER_FILE, entry_named, locate
 
 #: role -> candidate file names, preferred first, per variant
 _CANDIDATES = {
@@ -32,7 +33,7 @@ _SHARED = {
     "stage_a": ["stage_a.safetensors"],
     "previewer": ["previewer.safetensors"],
     "effnet": ["effnet_encoder.safetensors"],
-    "text_encoder": [TEXT_ENCODER_FILE],
+    "text_encoder": [TEXT_ENCODER_FILE, OPEN_CLIP_TEXT_ENCODER_FILE],  # TextEncoder.from_file reads both layouts
     "image_encoder": [IMAGE_ENCODER_FILE],
 }
 #: roles every mode needs; the others only for some modes

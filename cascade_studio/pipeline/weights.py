@@ -1,9 +1,10 @@
 """Every weight file Cascade Studio can use, where it is found, and downloading the missing ones.
 
 The registry names each file by the path it has in the weights folder (the official names, as
-:mod:`.models` looks for them; the ControlNets under ``controlnet/``, the CLIP encoders under
-``clip/``), the Hugging Face repository and file it comes from, its approximate size and which
-variants need it. Only ``.safetensors`` files are ever downloaded.
+:mod:`.models` looks for them; the ControlNets under ``controlnet/``, the text encoder under
+``text_encoder/`` as in stabilityai/stable-cascade, the open_clip-format CLIP files under ``clip/``),
+the Hugging Face repository and file it comes from, its approximate size and which variants need
+it. Only ``.safetensors`` files are ever downloaded.
 
 Downloads go through ``huggingface_hub.hf_hub_download`` with ``local_dir`` set to a private
 staging folder *inside* the weights folder (``.downloading/<file>/``), not into the shared
@@ -39,9 +40,15 @@ from pathlib import Path
 # checkpoints (and with it torch) is imported only where a file is verified, so the registry can be listed
 # from the window's thread without a multi-second torch import.
 
-#: where the two open_clip encoders live inside the weights folder
-TEXT_ENCODER_FILE = "clip/ViT-bigG-14-laion2b_s39b_b160k.safetensors"
+#: The text encoder inside the weights folder, under its path in stabilityai/stable-cascade: CLIP
+#: ViT-bigG/14's text tower alone, as transformers' ``CLIPTextModelWithProjection``, bf16 (1.39 GB).
+TEXT_ENCODER_FILE = "text_encoder/model.safetensors"
+#: The alternative the pipeline also accepts: open_clip's full ViT-bigG-14 file (both towers, fp32, 10 GB).
+#: Not part of any variant; listed so that a copy in the Hugging Face cache (fetched by open_clip) is found.
+OPEN_CLIP_TEXT_ENCODER_FILE = "clip/ViT-bigG-14-laion2b_s39b_b160k.safetensors"
 IMAGE_ENCODER_FILE = "clip/ViT-L-14-openai.safetensors"
+#: registry file -> files the pipeline reads in its place, so that having one of them means nothing to download
+SUBSTITUTES = {TEXT_ENCODER_FILE: (OPEN_CLIP_TEXT_ENCODER_FILE,)}
 
 STABLE_CASCADE_REPO = "stabilityai/stable-cascade"
 #: open_clip's own Hugging Face source for ``ViT-bigG-14`` / ``laion2b_s39b_b160k``; the repository
@@ -73,6 +80,7 @@ _STAGING_MARGIN = 256 * 1000**2  # bytes of head-room on top of the files themse
 
 FOLDER = "weights folder"
 HF_CACHE = "Hugging Face cache"
+SUBSTITUTE = "substitute"  # a file the pipeline reads instead (see SUBSTITUTES)
 
 
 @dataclass(frozen=True)
@@ -124,15 +132,13 @@ REGISTRY: tuple[WeightFile, ...] = (
     _shared("effnet_encoder.safetensors", 81.5e6, "effnet", "EfficientNet encoder (image-to-image)"),
     WeightFile(
         TEXT_ENCODER_FILE,
-        TEXT_CLIP_REPO,
-        OPEN_CLIP_FILE,
-        # estimate: 2,539.57M parameters (both towers) x 4 bytes (fp32)
-        int(10.16e9),
-        "CLIP ViT-bigG/14 text encoder (laion2b_s39b_b160k; the file holds both towers)",
+        STABLE_CASCADE_REPO,
+        TEXT_ENCODER_FILE,
+        1_389_382_688,  # exact (the file's Git LFS pointer): 694.66M values x 2 bytes + the header
+        "CLIP ViT-bigG/14 text encoder (text tower only, transformers format), bf16",
         _MAIN,
         "clip_text",
-        size_is_estimate=True,
-        licence="MIT",
+        dtype="BF16",
     ),
     WeightFile(
         IMAGE_ENCODER_FILE,
@@ -146,15 +152,38 @@ REGISTRY: tuple[WeightFile, ...] = (
         size_is_estimate=True,
         licence="MIT (OpenAI CLIP; the timm copy is tagged apache-2.0)",
     ),
+    WeightFile(
+        OPEN_CLIP_TEXT_ENCODER_FILE,
+        TEXT_CLIP_REPO,
+        OPEN_CLIP_FILE,
+        # estimate: 2,539.57M parameters (both towers) x 4 bytes (fp32)
+        int(10.16e9),
+        f"CLIP ViT-bigG/14 (laion2b_s39b_b160k, open_clip format, both towers): used instead of {TEXT_ENCODER_FILE} "
+        "when that is absent; never downloaded",
+        frozenset(),
+        "clip_text",
+        size_is_estimate=True,
+        licence="MIT",
+    ),
     _controlnet("inpainting", 218e6, "ControlNet: inpainting / outpainting"),
     _controlnet("canny", 218e6, "ControlNet: canny edges"),
     _controlnet("super_resolution", 814e6, "ControlNet: super resolution"),
 )
 
-#: keys an open_clip checkpoint of each tower holds
+#: keys a checkpoint of each CLIP tower holds, per accepted layout
 _CLIP_KEYS = {
-    "clip_text": ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"),
-    "clip_image": ("visual.conv1.weight", "visual.class_embedding", "visual.ln_post.weight", "visual.proj"),
+    "clip_text": {
+        "transformers": (
+            "text_model.embeddings.token_embedding.weight",
+            "text_model.embeddings.position_embedding.weight",
+            "text_model.final_layer_norm.weight",
+            "text_projection.weight",
+        ),
+        "open_clip": ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"),
+    },
+    "clip_image": {
+        "open_clip": ("visual.conv1.weight", "visual.class_embedding", "visual.ln_post.weight", "visual.proj"),
+    },
 }
 
 
@@ -202,8 +231,12 @@ def hf_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def locate(entry: WeightFile, models_dir: str | os.PathLike) -> Location | None:
-    """Where ``entry`` is: in the weights folder, in the Hugging Face cache, or nowhere (None)."""
+def locate(entry: WeightFile, models_dir: str | os.PathLike, *, substitutes: bool = True) -> Location | None:
+    """Where ``entry`` is: in the weights folder, in the Hugging Face cache, or nowhere (None).
+
+    With ``substitutes``, a file the pipeline reads instead (``SUBSTITUTES``) counts as ``entry`` being present:
+    its location comes back with ``where == SUBSTITUTE``, and nothing is downloaded for ``entry``.
+    """
     path = Path(models_dir).expanduser() / entry.name
     if path.is_file():
         return Location(path, FOLDER)
@@ -212,9 +245,14 @@ def locate(entry: WeightFile, models_dir: str | os.PathLike) -> Location | None:
     try:
         cached = try_to_load_from_cache(entry.repo, entry.filename, cache_dir=str(hf_cache_dir()))
     except (OSError, ValueError):
-        return None
+        cached = None
     if isinstance(cached, str) and os.path.isfile(cached):
         return Location(Path(cached), HF_CACHE)
+    if substitutes:
+        for name in SUBSTITUTES.get(entry.name, ()):
+            found = locate(entry_named(name), models_dir, substitutes=False)
+            if found is not None:
+                return Location(found.path, SUBSTITUTE)
     return None
 
 
@@ -382,12 +420,16 @@ def verify(entry: WeightFile, path: str | os.PathLike) -> None:
 
     path = Path(path)
     if entry.network in _CLIP_KEYS:
+        # Keys only, no dtype check: any precision loads (the text encoder was fp32 on the Hub for a while).
         header = read_header(path)
-        absent = [key for key in _CLIP_KEYS[entry.network] if key not in header.tensors]
-        if absent:
+        layouts = _CLIP_KEYS[entry.network]
+        if not any(all(key in header.tensors for key in keys) for keys in layouts.values()):
             tower = "text" if entry.network == "clip_text" else "image"
+            first = next(iter(layouts.values()))
+            absent = [key for key in first if key not in header.tensors]
             raise CheckpointError(
-                f"{path}: not an open_clip CLIP checkpoint with a {tower} tower (no {', '.join(absent)})"
+                f"{path}: not a CLIP checkpoint with a {tower} tower ({' or '.join(layouts)} format; "
+                f"no {', '.join(absent)})"
             )
         return
     header, identity = identify(path)
@@ -595,7 +637,7 @@ def download(
     index = 0
     try:
         for entry, where in plan:
-            if where is not None and where.where == FOLDER:
+            if where is not None and where.where in (FOLDER, SUBSTITUTE):
                 results.append(DownloadResult(entry, where.path, "present"))
                 continue
             index += 1

@@ -179,10 +179,15 @@ def demo_file_for(name: str) -> str:
 
 
 def hub_from_demo(demo_models: Path) -> FakeHub:
-    """A (not yet started) hub serving every registry file, made of the demo model set's tiny networks."""
+    """A (not yet started) hub serving every registry file of a variant, made of the demo model set's tiny networks.
+
+    Registry entries in no variant (alternatives that are never downloaded) are not served.
+    """
     from cascade_studio.pipeline.weights import REGISTRY
 
     hub = FakeHub()
     for entry in REGISTRY:
+        if not entry.variants:
+            continue
         hub.add(entry.repo, entry.filename, (Path(demo_models) / demo_file_for(entry.name)).read_bytes())
     return hub

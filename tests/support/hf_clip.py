@@ -62,3 +62,31 @@ def hf_text_model(tower: nn.Module, config_kwargs: dict, **overrides) -> nn.Modu
     if missing or unexpected:
         raise KeyError(f"open_clip -> HF conversion: missing {missing}, unexpected {unexpected}")
     return model
+
+
+#: transformers ``CLIPTextConfig`` of Stability AI's ``text_encoder/config.json`` in stabilityai/stable-cascade
+#: (CLIP ViT-bigG/14's text tower; the file beside it, ``model.safetensors``, is bf16).
+STABLE_CASCADE_TEXT_CONFIG = {
+    "vocab_size": 49408,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "projection_dim": 1280,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "max_position_embeddings": 77,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-05,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+
+
+def random_hf_text_model(config_kwargs: dict, seed: int = 0, **overrides) -> nn.Module:
+    """A float32 ``CLIPTextModelWithProjection`` whose every parameter is random (layer norms included)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from cascade_studio.pipeline.demo import randomize_
+
+    model = CLIPTextModelWithProjection(CLIPTextConfig(**{**config_kwargs, **overrides}))
+    return randomize_(model, seed)
