@@ -279,7 +279,10 @@ def run_diffusers(modules: dict, args, device, dtype) -> dict[int, dict]:
     return timed(generate, args, device)
 
 
-def run_ours(folder: Path, variant: str, args, device, dtype) -> tuple[dict[int, dict], float]:
+def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
+    """Ours with CUDA graphs (the default) and without (``ours-eager``), on the same loaded models; also
+    whether the two gave identical pixels."""
+    import numpy as np
     import torch
 
     from cascade_studio.core.request import GenerationRequest, StageSettings
@@ -293,8 +296,9 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> tuple[dict[int,
     sync(device)
     load_s = time.perf_counter() - t0
     pipeline = Pipeline(models, preview_every=1)
+    pixels: dict[tuple[bool, int], np.ndarray] = {}
 
-    def generate(batch: int) -> dict:
+    def generate(batch: int, graphs: bool) -> dict:
         marks = Marks(device)
         request = GenerationRequest(
             PROMPT,
@@ -306,15 +310,31 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> tuple[dict[int,
             stage_b=StageSettings(**STAGE_B),
             variant=variant,
         )
+        pipeline.cuda_graphs = graphs
         sync(device)
         start = time.perf_counter()
         images = pipeline.run(request, on_progress=lambda event: marks.step(event.stage))
         sync(device)
         result = marks.stages(start, time.perf_counter())
         result["finite"] = all(bool(torch.from_numpy(i.pixels).float().std() > 0) for i in images)
+        pixels[graphs, batch] = np.stack([i.pixels for i in images])
         return result
 
-    return timed(generate, args, device), load_s
+    out = {"load_s": load_s}
+    for graphs in (True, False):
+        print(f"  ours, CUDA graphs {'on' if graphs else 'off'}", flush=True)
+        out["ours" if graphs else "ours-eager"] = timed(lambda b, g=graphs: generate(b, g), args, device)
+    out["graphs_identical"] = {b: bool(np.array_equal(pixels[True, b], pixels[False, b])) for b in args.batches}
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            generate(max(args.batches), False)
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(f"  profile of one eager generation, batch {max(args.batches)}:")
+        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+    return out
 
 
 def timed(generate, args, device) -> dict[int, dict]:
@@ -351,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny demo-sized networks (to try the script on a CPU)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--profile", action="store_true", help="print a kernel profile of one eager generation")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -378,16 +399,16 @@ def main(argv: list[str] | None = None) -> None:
             diff = run_diffusers(theirs, args, device, dtype)
             del theirs
             free(device)
-            print("  ours", flush=True)
-            ours, load_s = run_ours(folder, variant, args, device, dtype)
+            results[variant] = {"diffusers": diff, **run_ours(folder, variant, args, device, dtype)}
+            results[variant]["stage_c_check"] = check
             free(device)
-            results[variant] = {"diffusers": diff, "ours": ours, "ours_load_s": load_s, "stage_c_check": check}
 
     rows = []
     for variant in variants:
         for batch in args.batches:
             d, o = results[variant]["diffusers"][batch], results[variant]["ours"][batch]
-            for impl, r in (("diffusers", d), ("ours", o)):
+            e = results[variant]["ours-eager"][batch]
+            for impl, r in (("diffusers", d), ("ours-eager", e), ("ours", o)):
                 rows.append(
                     [
                         variant,
@@ -430,7 +451,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print(table(header, rows))
     for variant in variants:
-        print(f"{variant}: our load {results[variant]['ours_load_s']:.1f}s; {results[variant]['stage_c_check']}")
+        r = results[variant]
+        print(f"{variant}: our load {r['load_s']:.1f}s; graphed pixels identical to eager {r['graphs_identical']}")
+        print(f"  Stage C forward, {r['stage_c_check']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 
