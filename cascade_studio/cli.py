@@ -7,20 +7,11 @@ Until the studio window lands, running it without arguments reports which weight
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from . import __version__
-
-REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
-
-
-def default_models_dir() -> Path:
-    env = os.environ.get("CASCADE_STUDIO_MODELS")
-    if env:
-        return Path(env).expanduser()
-    return REPO_MODELS
+from .core.paths import default_models_dir, demo_folder
 
 
 def describe_file(path: Path) -> str:
@@ -45,8 +36,10 @@ def describe_file(path: Path) -> str:
 
 
 def _clip_label(header) -> str | None:
-    """open_clip-format CLIP files (the text and image encoders) are not Stable Cascade networks."""
+    """CLIP files (the text and image encoders) are not Stable Cascade networks."""
     keys = set(header.tensors)
+    if "text_model.embeddings.token_embedding.weight" in keys:  # Stability AI's text_encoder/model.safetensors
+        return "CLIP text encoder (transformers format)"
     towers = [name for name, present in (("text", "token_embedding.weight" in keys), ("image", "visual.proj" in keys))
               if present]  # fmt: skip
     return f"CLIP {' and '.join(towers)} encoder (open_clip format)" if towers else None
@@ -95,6 +88,8 @@ def _print_registry(models: Path) -> None:
             text = f"present ({where.where})" if where else f"missing ({weights.human_size(entry.size)})"
             if where and where.where == weights.HF_CACHE:
                 text += ", used from there"
+            elif where and where.where == weights.SUBSTITUTE:
+                text = f"not needed: {where.path} is used instead"
             print(f"    {entry.name}: {text}")
 
 
@@ -113,11 +108,6 @@ def _size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 1024x1024, not {text!r}") from None
     return w, h
-
-
-def demo_folder() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "cascade-studio" / "demo-models"
 
 
 def _progress(event) -> None:
@@ -254,6 +244,8 @@ def cmd_download(args: argparse.Namespace) -> int:
             to_fetch += entry.size
         elif where.where == weights.FOLDER:
             print(f"  {entry.name}: present, skipped")
+        elif where.where == weights.SUBSTITUTE:
+            print(f"  {entry.name}: skipped, {where.path} is used instead")
         else:
             print(f"  {entry.name}: in the Hugging Face cache, will be linked in")
             to_link += 1
@@ -299,15 +291,30 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_window(args: argparse.Namespace) -> int:
+    from .app import run
+
+    return run(sys.argv[:1], demo=bool(getattr(args, "demo", False) or getattr(args, "window_demo", False)))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cascade-studio", description="Run Stable Cascade on your own machine.")
+    parser = argparse.ArgumentParser(
+        prog="cascade-studio",
+        description="Run Stable Cascade on your own machine. Without a command, opens the studio window.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--demo", dest="window_demo", action="store_true", help="open the window with tiny demo weights (noise)"
+    )
     parser.add_argument(
         "--models-dir",
         default=str(default_models_dir()),
         help="folder holding the weights (default: $CASCADE_STUDIO_MODELS or the repository's models/)",
     )
     sub = parser.add_subparsers(dest="command")
+    window = sub.add_parser("window", help="open the studio window (the default)")
+    window.add_argument("--demo", action="store_true", help="use tiny demo weights (noise, not pictures)")
+    window.set_defaults(func=cmd_window)
     sub.add_parser("info", help="show which weights are present and what they hold").set_defaults(func=cmd_info)
     inspect = sub.add_parser("inspect", help="check .safetensors files and say which network each holds")
     inspect.add_argument("files", nargs="+", metavar="FILE")
@@ -353,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    func = getattr(args, "func", cmd_info)
+    func = getattr(args, "func", cmd_window)
     return func(args)
 
 

@@ -28,9 +28,10 @@ def test_inspect_fails_on_a_pickle_file(tmp_path, capsys):
     assert "only .safetensors weights are loaded" in capsys.readouterr().out
 
 
-def test_console_entry_point_runs_without_arguments(tmp_path):
+def test_module_entry_point_runs_a_command(tmp_path):
+    # Without a command the entry point opens the window (tests/test_window.py covers start-up).
     out = subprocess.run(
-        [sys.executable, "-m", "cascade_studio", "--models-dir", str(tmp_path / "none")],
+        [sys.executable, "-m", "cascade_studio", "--models-dir", str(tmp_path / "none"), "info"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -102,5 +103,5 @@ def test_generate_rejects_bad_arguments(tmp_path, capsys):
 def test_info_recognises_the_clip_encoders(demo_models, capsys):
     assert main(["--models-dir", str(demo_models), "info"]) == 0
     out = capsys.readouterr().out
-    assert "ViT-bigG-14-laion2b_s39b_b160k.safetensors (6.4 MB): CLIP text encoder (open_clip format)" in out
+    assert "text_encoder/model.safetensors (6.4 MB): CLIP text encoder (transformers format)" in out
     assert "ViT-L-14-openai.safetensors (551.6 KB): CLIP image encoder (open_clip format)" in out

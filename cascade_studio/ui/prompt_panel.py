@@ -1,0 +1,426 @@
+"""The prompt panel: widgets bound two-way to a `SessionModel`; it holds no values of its own.
+
+`bind(...)` connects one model field to one widget in both directions (krita-ai-diffusion's pattern): the
+model's `<name>_changed` updates the widget, the widget's signal sets the model; both sides only signal on a
+real change, so each edit settles after one round. Setting `panel.session` rebinds everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QMetaObject, QObject, QRegularExpression, QSize, Qt, Signal
+from PySide6.QtGui import QAction, QImageReader, QKeySequence, QPixmap, QRegularExpressionValidator
+from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QStyle,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.geometry import MAX_SIZE, MIN_SIZE, SIZE_STEP
+from ..core.request import MAX_SEED
+from ..state.session import CUSTOM, MAX_BATCH, MAX_COUNT, MAX_STEPS, SIZE_PRESETS, SessionModel
+
+MODE_LABELS = {"text": "Text to image", "variation": "Image variation", "img2img": "Image to image"}
+SEED_LABELS = {"random": "Random", "fixed": "Fixed", "increment": "Increment"}
+VARIANT_LABELS = {"lite": "Lite (1B, ≤ 16 GB VRAM)", "full": "Full (3.6B)"}
+SAMPLER_LABELS = {"ddpm": "DDPM", "ddim": "DDIM"}
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
+
+
+def image_paths_from_mime(mime) -> list[str]:
+    """Local files in a drop that Qt can read as images."""
+    if not mime.hasUrls():
+        return []
+    formats = {bytes(f).decode().lower() for f in QImageReader.supportedImageFormats()}
+    paths = [url.toLocalFile() for url in mime.urls() if url.isLocalFile()]
+    return [p for p in paths if Path(p).suffix.lower().lstrip(".") in formats and Path(p).is_file()]
+
+
+# -- bindings ------------------------------------------------------------------------------------------
+
+
+def bind(
+    model: QObject,
+    name: str,
+    widget_signal: Any,
+    set_widget: Callable[[Any], None],
+    get_widget: Callable[[], Any],
+) -> list[QMetaObject.Connection]:
+    """Keep `model.<name>` and a widget equal; returns the connections (to undo with `unbind`)."""
+
+    updating = False
+
+    def to_widget(value: Any) -> None:
+        nonlocal updating
+        if get_widget() != value:
+            updating = True  # a widget that rounds (a spin box's decimals) must not write back its rounding
+            try:
+                set_widget(value)
+            finally:
+                updating = False
+
+    def to_model(*_: Any) -> None:
+        if updating:
+            return
+        value = get_widget()
+        if value is not None and getattr(model, name) != value:  # None: the widget holds nothing usable
+            setattr(model, name, value)
+        # the model may have changed the value (snapped a size) to what it already held: show that
+        to_widget(getattr(model, name))
+
+    to_widget(getattr(model, name))
+    return [getattr(model, f"{name}_changed").connect(to_widget), widget_signal.connect(to_model)]
+
+
+def bind_combo(model: QObject, name: str, combo: QComboBox) -> list[QMetaObject.Connection]:
+    """A combo box whose items carry the model's values as item data."""
+    return bind(
+        model,
+        name,
+        combo.currentIndexChanged,
+        lambda value: combo.setCurrentIndex(combo.findData(value)),
+        combo.currentData,
+    )
+
+
+def bind_text(model: QObject, name: str, edit: QPlainTextEdit) -> list[QMetaObject.Connection]:
+    # setPlainText resets the cursor and the undo stack, so it only runs when the text really differs
+    return bind(model, name, edit.textChanged, edit.setPlainText, edit.toPlainText)
+
+
+def bind_spin(model: QObject, name: str, spin: QSpinBox | QDoubleSpinBox) -> list[QMetaObject.Connection]:
+    return bind(model, name, spin.valueChanged, spin.setValue, spin.value)
+
+
+def unbind(connections: list[QMetaObject.Connection]) -> None:
+    for connection in connections:
+        QObject.disconnect(connection)
+    connections.clear()
+
+
+def _combo(labels: dict[str, str]) -> QComboBox:
+    combo = QComboBox()
+    for value, label in labels.items():
+        combo.addItem(label, value)
+    return combo
+
+
+def _spin(low: int, high: int, step: int = 1) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setKeyboardTracking(False)  # the model hears the value once typing is done, not per keystroke
+    return spin
+
+
+def _double(low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
+    spin = QDoubleSpinBox()
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setDecimals(decimals)
+    spin.setKeyboardTracking(False)
+    return spin
+
+
+class _PromptEdit(QPlainTextEdit):
+    def __init__(self, placeholder: str, lines: int):
+        super().__init__()
+        self.setPlaceholderText(placeholder)
+        self.setTabChangesFocus(True)
+        self._lines = lines
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        line = self.fontMetrics().lineSpacing()
+        return QSize(260, line * self._lines + 12)
+
+
+class PromptPanel(QWidget):
+    """Every generation setting, bound to `session`. Ctrl+Enter (the `generate_action`) asks to generate."""
+
+    generate_requested = Signal()
+
+    def __init__(self, session: SessionModel, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self._connections: list[QMetaObject.Connection] = []
+        self._session: SessionModel | None = None
+
+        self.generate_action = QAction("Generate", self)
+        self.generate_action.setShortcuts([QKeySequence("Ctrl+Return"), QKeySequence("Ctrl+Enter")])
+        self.generate_action.setToolTip("Queue the images these settings describe (Ctrl+Enter)")
+        self.generate_action.triggered.connect(self._generate)
+        self.addAction(self.generate_action)
+
+        self.prompt_edit = _PromptEdit("Prompt — what the picture shows. (word:1.2) weights a word.", 5)
+        self.negative_edit = _PromptEdit("Negative prompt — what it should not show", 2)
+        self.negative_edit.setMaximumHeight(self.negative_edit.fontMetrics().lineSpacing() * 5 + 12)
+        self.previous_button = QToolButton(text="◀", toolTip="Previous prompt from the history (Alt+Up)")
+        self.next_button = QToolButton(text="▶", toolTip="Next prompt from the history (Alt+Down)")
+
+        self.mode_combo = _combo(MODE_LABELS)
+        self.source_thumb = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
+        self.source_thumb.setFixedSize(56, 56)
+        self.source_thumb.setFrameShape(QFrame.Shape.StyledPanel)
+        self.source_label = QLabel(wordWrap=True)
+        self.source_button = QPushButton("Choose…", toolTip="Choose the source image (or drop one on this panel)")
+        self.source_clear = QToolButton(text="✕", toolTip="Forget the source image")
+        self.strength_spin = _double(0.01, 1.0, 0.05)
+        self.strength_spin.setToolTip("How much of the source image is replaced: 1 keeps only its composition")
+
+        self.preset_combo = QComboBox()
+        for key, (w, h) in SIZE_PRESETS.items():
+            self.preset_combo.addItem(f"{key}  ({w} × {h})", key)
+        self.preset_combo.addItem("Custom", CUSTOM)
+        self.width_spin = _spin(MIN_SIZE, MAX_SIZE, SIZE_STEP)
+        self.height_spin = _spin(MIN_SIZE, MAX_SIZE, SIZE_STEP)
+        for spin in (self.width_spin, self.height_spin):
+            spin.setSuffix(" px")
+        self.swap_button = QToolButton(text="⇅", toolTip="Swap width and height")
+        self.size_note = QLabel(objectName="note", wordWrap=True)
+
+        self.seed_policy_combo = _combo(SEED_LABELS)
+        self.seed_edit = QLineEdit()
+        self.seed_edit.setValidator(QRegularExpressionValidator(QRegularExpression(r"\d{1,20}"), self.seed_edit))
+        self.seed_edit.setToolTip("Seed of the first image; image i of a batch uses seed + i")
+        self.dice_button = QToolButton(toolTip="A new random seed")
+        self.dice_button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_BrowserReload))
+        self.batch_spin = _spin(1, MAX_BATCH)
+        self.batch_spin.setToolTip("Images made together in one run (uses more memory)")
+        self.count_spin = _spin(1, MAX_COUNT)
+        self.count_spin.setToolTip("Runs queued by one Generate press")
+
+        self.steps_c_spin = _spin(1, MAX_STEPS)
+        self.cfg_c_spin = _double(0.0, 30.0, 0.5)
+        self.shift_spin = _double(0.01, 20.0, 0.25)
+        self.steps_b_spin = _spin(1, MAX_STEPS)
+        self.cfg_b_spin = _double(0.0, 30.0, 0.1)
+        self.sampler_combo = _combo(SAMPLER_LABELS)
+        self.variant_combo = _combo(VARIANT_LABELS)
+
+        self.generate_button = QPushButton("Generate", objectName="generate")
+        self.generate_button.setToolTip("Queue the images (Ctrl+Enter)")
+        self.generate_button.clicked.connect(self.generate_action.trigger)
+
+        self._layout()
+        self.previous_button.clicked.connect(lambda: self._session and self._session.history_previous())
+        self.next_button.clicked.connect(lambda: self._session and self._session.history_next())
+        self.swap_button.clicked.connect(lambda: self._session and self._session.swap_size())
+        self.dice_button.clicked.connect(lambda: self._session and self._session.new_random_seed())
+        self.source_button.clicked.connect(self.choose_source_image)
+        self.source_clear.clicked.connect(lambda: self._session and setattr(self._session, "source_image", ""))
+        self.session = session
+
+    def _layout(self) -> None:
+        history = QHBoxLayout()
+        history.addStretch()
+        history.addWidget(self.previous_button)
+        history.addWidget(self.next_button)
+
+        source_text = QVBoxLayout()
+        source_text.addWidget(self.source_label)
+        row = QHBoxLayout()
+        row.addWidget(self.source_button)
+        row.addWidget(self.source_clear)
+        row.addStretch()
+        source_text.addLayout(row)
+        source = QHBoxLayout()
+        source.addWidget(self.source_thumb)
+        source.addLayout(source_text, 1)
+        self.source_box = QWidget()
+        self.source_box.setLayout(source)
+        source.setContentsMargins(0, 0, 0, 0)
+
+        size = QHBoxLayout()
+        size.addWidget(self.width_spin, 1)
+        size.addWidget(QLabel("×"))
+        size.addWidget(self.height_spin, 1)
+        size.addWidget(self.swap_button)
+
+        seed = QHBoxLayout()
+        seed.addWidget(self.seed_policy_combo)
+        seed.addWidget(self.seed_edit, 1)
+        seed.addWidget(self.dice_button)
+
+        runs = QHBoxLayout()
+        runs.addWidget(QLabel("Batch"))
+        runs.addWidget(self.batch_spin, 1)
+        runs.addWidget(QLabel("Count"))
+        runs.addWidget(self.count_spin, 1)
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("Mode", self.mode_combo)
+        form.addRow(self.source_box)
+        self.strength_label = QLabel("Strength")
+        form.addRow(self.strength_label, self.strength_spin)
+        form.addRow("Size", self.preset_combo)
+        form.addRow("", size)
+        form.addRow(self.size_note)
+        form.addRow("Seed", seed)
+        form.addRow("Images", runs)
+        form.addRow("Model", self.variant_combo)
+
+        stages = QGroupBox("Sampling")
+        grid = QGridLayout(stages)
+        grid.addWidget(QLabel("Steps"), 0, 1)
+        grid.addWidget(QLabel("Guidance"), 0, 2)
+        grid.addWidget(QLabel("Stage C"), 1, 0)
+        grid.addWidget(self.steps_c_spin, 1, 1)
+        grid.addWidget(self.cfg_c_spin, 1, 2)
+        grid.addWidget(QLabel("Stage B"), 2, 0)
+        grid.addWidget(self.steps_b_spin, 2, 1)
+        grid.addWidget(self.cfg_b_spin, 2, 2)
+        grid.addWidget(QLabel("Shift"), 3, 0)
+        grid.addWidget(self.shift_spin, 3, 1)
+        grid.addWidget(self.sampler_combo, 3, 2)
+
+        content = QWidget()
+        column = QVBoxLayout(content)
+        column.addWidget(QLabel("Prompt"))
+        column.addWidget(self.prompt_edit, 1)
+        column.addWidget(QLabel("Negative prompt"))
+        column.addWidget(self.negative_edit)
+        column.addLayout(history)
+        column.addLayout(form)
+        column.addWidget(stages)
+
+        scroll = QScrollArea()
+        scroll.setWidget(content)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(4, 4, 4, 4)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(self.generate_button)
+
+    # -- the model -------------------------------------------------------------------------------------
+
+    @property
+    def session(self) -> SessionModel | None:
+        return self._session
+
+    @session.setter
+    def session(self, session: SessionModel) -> None:
+        unbind(self._connections)
+        self._session = session
+        m, c = session, self._connections
+        c += bind_text(m, "prompt", self.prompt_edit)
+        c += bind_text(m, "negative", self.negative_edit)
+        c += bind_combo(m, "mode", self.mode_combo)
+        c += bind_spin(m, "strength", self.strength_spin)
+        c += bind_combo(m, "size_preset", self.preset_combo)
+        c += bind_spin(m, "width", self.width_spin)
+        c += bind_spin(m, "height", self.height_spin)
+        c += bind_combo(m, "seed_policy", self.seed_policy_combo)
+        c += bind(m, "seed", self.seed_edit.editingFinished, lambda v: self.seed_edit.setText(str(v)), self._seed)
+        c += bind_spin(m, "batch_size", self.batch_spin)
+        c += bind_spin(m, "count", self.count_spin)
+        c += bind_spin(m, "steps_c", self.steps_c_spin)
+        c += bind_spin(m, "cfg_c", self.cfg_c_spin)
+        c += bind_spin(m, "shift", self.shift_spin)
+        c += bind_spin(m, "steps_b", self.steps_b_spin)
+        c += bind_spin(m, "cfg_b", self.cfg_b_spin)
+        c += bind_combo(m, "sampler", self.sampler_combo)
+        c += bind_combo(m, "variant", self.variant_combo)
+        # one-way: what the model says about itself
+        c.append(m.size_note_changed.connect(self._show_size_note))
+        c.append(m.mode_changed.connect(self._show_mode))
+        c.append(m.source_image_changed.connect(self._show_source))
+        c.append(m.history_changed.connect(self._show_history))
+        self._show_size_note(m.size_note)
+        self._show_mode(m.mode)
+        self._show_source(m.source_image)
+        self._show_history()
+
+    def _seed(self) -> int | None:
+        text = self.seed_edit.text()
+        return min(MAX_SEED, int(text)) if text else None
+
+    def _show_size_note(self, note: str) -> None:
+        self.size_note.setText(note)
+        self.size_note.setVisible(bool(note))
+
+    def _show_mode(self, mode: str) -> None:
+        self.source_box.setVisible(mode != "text")
+        self.strength_label.setVisible(mode == "img2img")
+        self.strength_spin.setVisible(mode == "img2img")
+
+    def _show_source(self, path: str) -> None:
+        if not path:
+            self.source_thumb.clear()
+            self.source_thumb.setText("none")
+            self.source_label.setText("Drop an image here, choose one, or use one from the gallery.")
+            self.source_clear.setEnabled(False)
+            return
+        self.source_label.setText(Path(path).name)
+        self.source_label.setToolTip(path)
+        self.source_clear.setEnabled(True)
+        reader = QImageReader(path)  # a small scaled decode: JPEG and PNG readers scale while reading
+        size = reader.size()
+        if size.isValid():
+            reader.setScaledSize(size.scaled(self.source_thumb.size(), Qt.AspectRatioMode.KeepAspectRatio))
+        image = reader.read()
+        if image.isNull():
+            self.source_thumb.setText("?")
+            self.source_label.setText(f"{Path(path).name} (cannot be read)")
+        else:
+            self.source_thumb.setPixmap(QPixmap.fromImage(image))
+
+    def _show_history(self) -> None:
+        self.previous_button.setEnabled(self._session.can_go_previous)
+        self.next_button.setEnabled(self._session.can_go_next)
+
+    def _generate(self) -> None:
+        self.commit_edits()
+        self.generate_requested.emit()
+
+    def commit_edits(self) -> None:
+        """Hand the model what is still being typed: Ctrl+Enter reaches the action before the field sees a
+        Return or loses focus (the spin boxes and the seed commit only then)."""
+        for spin in self.findChildren(QAbstractSpinBox):
+            spin.interpretText()
+        if self.seed_edit.isModified():
+            self.seed_edit.setModified(False)
+            self.seed_edit.editingFinished.emit()
+
+    # -- source image ----------------------------------------------------------------------------------
+
+    def set_source_image(self, path: str) -> None:
+        """Use `path` as the source of image variation / image-to-image (from a drop, a dialog or the gallery)."""
+        self._session.use_source_image(str(path))
+
+    def choose_source_image(self) -> None:
+        start = str(Path(self._session.source_image).parent) if self._session.source_image else ""
+        path, _ = QFileDialog.getOpenFileName(self, "Source image", start, IMAGE_FILTER)
+        if path:
+            self.set_source_image(path)
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if image_paths_from_mime(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt override
+        paths = image_paths_from_mime(event.mimeData())
+        if paths:
+            self.set_source_image(paths[0])
+            event.acceptProposedAction()
