@@ -133,27 +133,81 @@ def _usage_error(message: str) -> int:
     return 2
 
 
+def _sides(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"--outpaint takes LEFT,TOP,RIGHT,BOTTOM in px (e.g. 256,0,256,0): {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _generate_mode(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """(mode, source, error) from the image flags; error is a usage message for a wrong combination."""
+    given = [name for name, value in (("--image", args.image), ("--variation", args.variation),
+                                      ("--canny", args.canny), ("--upscale", args.upscale)) if value]  # fmt: skip
+    if len(given) > 1:
+        return "text", None, f"use only one of --image, --variation, --canny and --upscale (got {' and '.join(given)})"
+    if (args.mask or args.outpaint) and not args.image:
+        flag = "--mask" if args.mask else "--outpaint"
+        return "text", None, f"{flag} needs --image (the picture to {'inpaint' if args.mask else 'extend'})"
+    if args.image and args.outpaint:
+        return "outpaint", args.image, None
+    if args.image and args.mask:
+        return "inpaint", args.image, None
+    if args.image:
+        return "img2img", args.image, None
+    if args.variation:
+        return "variation", args.variation, None
+    if args.canny:
+        return "canny", None, None
+    if args.upscale:
+        return "upscale", args.upscale, None
+    return "text", None, None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import secrets
     import time
 
     from .core.geometry import snap_size
-    from .core.request import GenerationRequest, StageSettings
+    from .core.request import MASK_MODES, GenerationRequest, StageSettings
 
-    width, height = args.size
+    if args.count < 1:
+        return _usage_error("--count must be at least 1")
+    mode, source, problem = _generate_mode(args)
+    if problem:
+        return _usage_error(problem)
+    controlled = mode in (*MASK_MODES, "canny", "upscale")
+    if args.control_strength is not None and not controlled:
+        return _usage_error("--control-strength needs --canny, --upscale, --mask or --outpaint")
+    if args.method != "auto" and mode not in MASK_MODES:
+        return _usage_error("--method needs --mask or --outpaint (inpainting or outpainting)")
+    if args.strength is not None and mode not in ("img2img", *MASK_MODES):
+        return _usage_error("--strength needs --image")
+    if mode == "upscale":
+        if args.size is not None:
+            return _usage_error("--size does not apply to --upscale: the output is twice the input's size")
+        try:
+            from PIL import Image
+
+            with Image.open(source) as im:
+                width, height = 2 * im.width, 2 * im.height
+        except OSError as exc:
+            return _usage_error(f"{source}: not a readable image ({exc})")
+    else:
+        width, height = args.size or (1024, 1024)
     snapped_w, snapped_h, note = snap_size(width, height)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    mode, source = "text", None
-    if args.image and args.variation:
-        return _usage_error("use either --image (image-to-image) or --variation, not both")
-    if args.count < 1:
-        return _usage_error("--count must be at least 1")
-    if args.image:
-        mode, source = "img2img", args.image
-    elif args.variation:
-        mode, source = "variation", args.variation
+    strength = args.strength if args.strength is not None else (0.8 if mode == "img2img" else 1.0)
+    cfg_c = args.cfg_c if args.cfg_c is not None else (1.0 if mode == "upscale" else 4.0)  # SR: the reference's cfg 1
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+
+    def resolved(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else None
+
     try:
         request = GenerationRequest(
             prompt=args.prompt,
@@ -162,18 +216,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
             height=snapped_h,
             seed=seed,
             batch_size=args.batch,
-            stage_c=StageSettings(args.steps_c, args.cfg_c, args.shift),
+            stage_c=StageSettings(args.steps_c, cfg_c, args.shift),
             stage_b=StageSettings(args.steps_b, args.cfg_b, 1.0),
             variant=args.variant,
             mode=mode,
-            source_image=str(Path(source).resolve()) if source else None,
-            strength=args.strength,
+            source_image=resolved(source),
+            strength=strength,
             sampler=args.sampler,
+            mask_image=resolved(args.mask),
+            control_image=resolved(args.canny),
+            control_strength=args.control_strength if args.control_strength is not None else 1.0,
+            mask_grow=args.grow,
+            mask_feather=args.feather,
+            context=args.context,
+            context_padding=args.padding,
+            outpaint=args.outpaint,
+            method=args.method,
         )
         request.validate()
     except ValueError as exc:
         return _usage_error(str(exc))
 
+    from .core.inpaint import InputError, load_mask
     from .core.metadata import png_text_chunks, save_png_atomic
     from .pipeline.demo import DEMO_NOTICE, write_demo_models
     from .pipeline.device import choose_device, choose_dtype, choose_memory
@@ -181,11 +245,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.images import load_image, to_pil
     from .pipeline.models import MEMORY_MODES, MissingWeights, ModelSet
 
+    inputs = {}
     try:
         device = choose_device(args.device)
         dtype = choose_dtype(args.dtype, device)
         memory = choose_memory(args.memory, device)
-        source_tensor = load_image(source) if source else None
+        if source:
+            inputs["source_image"] = load_image(source)
+        if args.mask:
+            inputs["mask_image"] = load_mask(args.mask)
+        if args.canny:
+            inputs["control_image"] = load_image(args.canny)
     except ValueError as exc:
         return _usage_error(str(exc))
     models_dir = Path(args.models_dir)
@@ -193,25 +263,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"Using {DEMO_NOTICE}.", file=sys.stderr)
         models_dir = write_demo_models(demo_folder())
     models = ModelSet(models_dir, variant=request.variant, device=device, dtype=dtype, memory=memory)
+    pipeline = Pipeline(models, preview_every=0)  # the terminal shows no previews
     try:
-        files = models.check(request.mode)
-    except MissingWeights as exc:
+        plan = pipeline.plan(request)
+        files = models.check(request.mode, plan.method)
+    except (MissingWeights, ValueError) as exc:
         print(f"cascade-studio generate: {exc}", file=sys.stderr)
         return 2
     model_name = "demo" if args.demo else files["stage_c"].name.removesuffix(".safetensors")
     precision = str(dtype).removeprefix("torch.")
     print(f"{device}, {precision}, memory: {MEMORY_MODES[memory]}; weights from {models_dir}", file=sys.stderr)
+    if plan.note:
+        print(f"Mode: {plan.note}.", file=sys.stderr)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(models, preview_every=0)  # the terminal shows no previews
     written = []
     try:
         for job in range(args.count):
             job_request = request.with_(seed=request.seed + job * request.batch_size)
             print(f"Generating {job + 1}/{args.count} (seed {job_request.seed})", file=sys.stderr)
             started = time.perf_counter()
-            images = pipeline.run(job_request, on_progress=_progress, source_image=source_tensor)
+            try:
+                images = pipeline.run(job_request, on_progress=_progress, **inputs)
+            except InputError as exc:  # inputs that do not fit together (mask size, empty mask …)
+                return _usage_error(str(exc))
             for image in images:
                 stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{image.request.seed}"
                 texts = png_text_chunks(image.request, model_name, __version__)
@@ -323,20 +399,50 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate images from a prompt (headless)")
     gen.add_argument("prompt")
     gen.add_argument("--negative", default="", help="negative prompt (default: empty)")
-    gen.add_argument("--size", type=_size, default=(1024, 1024), metavar="WxH", help="default 1024x1024")
+    gen.add_argument(
+        "--size",
+        type=_size,
+        metavar="WxH",
+        help="default 1024x1024; with --mask/--outpaint the generation resolution (pixel count) of the region",
+    )
     gen.add_argument("--seed", type=int, help="seed of the first image (default: random); image i uses seed+i")
     gen.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     gen.add_argument("--count", type=int, default=1, help="number of runs (default 1)")
     gen.add_argument("--steps-c", type=int, default=20, help="Stage C steps (default 20)")
     gen.add_argument("--steps-b", type=int, default=10, help="Stage B steps (default 10)")
-    gen.add_argument("--cfg-c", type=float, default=4.0, help="Stage C guidance (default 4)")
+    gen.add_argument("--cfg-c", type=float, help="Stage C guidance (default 4; 1 with --upscale, as the reference)")
     gen.add_argument("--cfg-b", type=float, default=1.1, help="Stage B guidance (default 1.1)")
     gen.add_argument("--shift", type=float, default=2.0, help="Stage C noise shift (default 2)")
     gen.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     gen.add_argument("--variant", choices=("lite", "full"), default="lite")
-    gen.add_argument("--image", metavar="PATH", help="image-to-image from this image")
-    gen.add_argument("--strength", type=float, default=0.8, help="image-to-image strength (default 0.8)")
+    gen.add_argument("--image", metavar="PATH", help="image-to-image from this image (with --mask: inpaint it)")
+    gen.add_argument(
+        "--strength", type=float, help="how much of --image is renoised (default 0.8; 1 with --mask/--outpaint)"
+    )
     gen.add_argument("--variation", metavar="PATH", help="image variation of this image")
+    gen.add_argument("--mask", metavar="PATH", help="inpaint --image where this mask is white (same size as --image)")
+    gen.add_argument(
+        "--outpaint", type=_sides, metavar="L,T,R,B", help="extend --image by these px per side and fill them in"
+    )
+    gen.add_argument("--canny", metavar="PATH", help="generate following the canny edges of this image")
+    gen.add_argument("--upscale", metavar="PATH", help="2x super-resolution of this image (needs the full Stage C)")
+    gen.add_argument("--control-strength", type=float, help="ControlNet strength, 0-2 (default 1)")
+    gen.add_argument(
+        "--method",
+        choices=("auto", "controlnet", "latent_blend"),
+        default="auto",
+        help="inpaint/outpaint through the inpainting ControlNet or by latent blending (auto: the ControlNet when "
+        "it fits the Stage C, i.e. with --variant full)",
+    )
+    gen.add_argument("--grow", type=int, default=0, help="grow (or, negative, shrink) the mask by px (default 0)")
+    gen.add_argument("--feather", type=int, default=16, help="transition band around the mask in px (default 16)")
+    gen.add_argument(
+        "--context",
+        choices=("image", "mask"),
+        default="image",
+        help="generate on the whole image, or on the masked area plus --padding (pasted back)",
+    )
+    gen.add_argument("--padding", type=int, default=64, help="context padding in px for --context mask (default 64)")
     gen.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     gen.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="precision (fp16 is refused)")

@@ -35,7 +35,10 @@ def test_defaults_follow_the_reference_notebooks():
     assert (request.width, request.height, request.batch_size) == (1024, 1024, 1)
     assert (request.variant, request.mode, request.sampler, request.strength) == ("lite", "text", "ddpm", 0.8)
     assert request.negative_prompt == "" and request.source_image is None
-    assert GenerationRequest.schema_version == 1
+    assert GenerationRequest.schema_version == 2
+    assert (request.mask_image, request.control_image, request.outpaint, request.method) == (None, None, None, "auto")
+    assert (request.control_strength, request.mask_grow, request.mask_feather) == (1.0, 0, 16)
+    assert (request.context, request.context_padding) == ("image", 64)
     request.validate()
 
 
@@ -54,7 +57,7 @@ def test_request_is_frozen_and_with_returns_a_changed_copy():
 def test_round_trip_through_dict_and_json():
     request = full_request()
     data = request.to_dict()
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert GenerationRequest.from_dict(data) == request
     text = json.dumps(data)  # JSON-safe: plain types only
     assert GenerationRequest.from_dict(json.loads(text)) == request
@@ -82,8 +85,8 @@ def test_from_dict_ignores_unknown_keys():
 
 def test_from_dict_refuses_a_newer_schema_clearly():
     data = GenerationRequest("a cat", seed=5).to_dict()
-    data["schema_version"] = 2
-    with pytest.raises(ValueError, match=r"schema_version 2 .*newer"):
+    data["schema_version"] = 3
+    with pytest.raises(ValueError, match=r"schema_version 3 .*newer"):
         GenerationRequest.from_dict(data)
 
 
@@ -110,7 +113,23 @@ def test_from_dict_refuses_a_newer_schema_clearly():
         ({"strength": 1.5}, "strength"),
         ({"sampler": "euler"}, "sampler"),
         ({"variant": "medium"}, "variant"),
-        ({"mode": "inpaint"}, "mode"),
+        ({"mode": "paint"}, "mode"),
+        ({"mode": "inpaint", "source_image": "a.png"}, "mask_image"),
+        ({"mode": "outpaint", "source_image": "a.png"}, "outpaint"),
+        ({"mode": "canny"}, "control_image"),
+        ({"mode": "upscale"}, "source_image"),
+        ({"outpaint": [1, 2, 3]}, "outpaint"),
+        ({"outpaint": [0, 0, 128, 0]}, "outpaint"),  # only in outpaint mode
+        ({"outpaint": [0, 0, 0, 0]}, "outpaint"),
+        ({"outpaint": [0, -1, 0, 0]}, "outpaint"),
+        ({"control_strength": 2.5}, "control_strength"),
+        ({"mask_grow": 1.5}, "mask_grow"),
+        ({"mask_feather": -1}, "mask_feather"),
+        ({"context": "crop"}, "context"),
+        ({"context_padding": -4}, "context_padding"),
+        ({"method": "magic"}, "method"),
+        ({"method": "latent_blend"}, "method"),
+        ({"mask_image": 3}, "mask_image"),
         ({"mode": "img2img"}, "source_image"),
         ({"mode": "variation", "source_image": ""}, "source_image"),
         ({"source_image": 5}, "source_image"),
@@ -263,3 +282,65 @@ def test_snap_size_clamps_to_the_supported_range():
     for width, height in [(1, 1), (777, 1234), (4100, 300)]:
         w, h, _ = snap_size(width, height)
         GenerationRequest("x", seed=1, width=w, height=h).validate()
+
+
+# -- version 2: the mask and ControlNet modes ------------------------------------------------------------------
+
+
+def test_version_2_modes_round_trip_with_every_setting():
+    requests = [
+        GenerationRequest(
+            "a boat",
+            seed=3,
+            mode="inpaint",
+            source_image="/p/src.png",
+            mask_image="/p/mask.png",
+            strength=1.0,
+            control_strength=0.8,
+            mask_grow=-6,
+            mask_feather=24,
+            context="mask",
+            context_padding=96,
+            method="latent_blend",
+        ),  # fmt: skip
+        GenerationRequest(
+            "a shore",
+            seed=4,
+            mode="outpaint",
+            source_image="/p/src.png",
+            outpaint=(256, 0, 128, 0),
+            method="controlnet",
+        ),  # fmt: skip
+        GenerationRequest("a house", seed=5, mode="canny", control_image="/p/edges.png", control_strength=0.3),
+        GenerationRequest(
+            "",
+            seed=6,
+            mode="upscale",
+            source_image="/p/small.png",
+            width=2048,
+            height=2048,
+            stage_c=StageSettings(20, 1.0, 2.0),
+        ),  # fmt: skip
+    ]
+    for request in requests:
+        request.validate()
+        data = json.loads(request.to_json())
+        assert data["schema_version"] == 2
+        assert GenerationRequest.from_dict(data) == request
+    assert json.loads(requests[1].to_json())["outpaint"] == [256, 0, 128, 0]
+
+
+def test_a_version_1_dict_reads_as_the_same_request_with_version_2_defaults():
+    v1 = {
+        "schema_version": 1, "prompt": "a cat", "negative_prompt": "", "width": 1024, "height": 768, "seed": 9,
+        "batch_size": 2, "stage_c": {"steps": 20, "cfg": 4.0, "shift": 2.0},
+        "stage_b": {"steps": 10, "cfg": 1.1, "shift": 1.0}, "variant": "lite", "mode": "img2img",
+        "source_image": "/p/in.png", "strength": 0.6, "sampler": "ddpm",
+    }  # fmt: skip
+    request = GenerationRequest.from_dict(v1)
+    assert request == GenerationRequest("a cat", seed=9, width=1024, height=768, batch_size=2, mode="img2img",
+                                        source_image="/p/in.png", strength=0.6)  # fmt: skip
+    assert request.method == "auto" and request.mask_image is None and request.outpaint is None
+    assert request.to_dict()["schema_version"] == 2
+    # a v1 dict never carried v2 settings: any such keys there are not v2's and are reset
+    assert GenerationRequest.from_dict({**v1, "method": "controlnet"}).method == "auto"

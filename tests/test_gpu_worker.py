@@ -37,8 +37,8 @@ def tiny_request(prompt: str = "a lighthouse at dusk", *, steps_c: int = 3, step
 class Recorder:
     """Every signal of a service, in the order the GUI thread received them."""
 
-    NAMES = ("job_queued", "job_started", "progress", "preview", "image_ready", "job_failed", "job_finished",
-             "status_changed")  # fmt: skip
+    NAMES = ("job_queued", "job_started", "job_note", "progress", "preview", "image_ready", "job_failed",
+             "job_finished", "status_changed")  # fmt: skip
 
     def __init__(self, service: GenerationService) -> None:
         self.events: list[tuple] = []
@@ -330,3 +330,33 @@ def test_warm_up_reports_the_device_without_a_job(qtbot, make_service):
     job = service.submit(tiny_request())
     qtbot.waitUntil(lambda: rec.outcome(job) is not None, timeout=TIMEOUT_MS)
     assert rec.outcome(job) == "done"
+
+
+def test_an_inpaint_job_reads_its_files_says_how_it_runs_and_keeps_the_rest(qtbot, make_service, tmp_path):
+    from PIL import Image
+
+    source = np.random.default_rng(0).integers(0, 256, (256, 320, 3), dtype=np.uint8)
+    mask = np.zeros((256, 320), np.uint8)
+    mask[40:120, 60:200] = 255
+    Image.fromarray(source).save(tmp_path / "canvas.png")
+    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
+    service, rec = make_service()
+    request = tiny_request(mode="inpaint", source_image=str(tmp_path / "canvas.png"),
+                           mask_image=str(tmp_path / "mask.png"), mask_feather=8)  # fmt: skip
+    job = service.submit(request)
+    blend = service.submit(request.with_(method="latent_blend"))
+    empty = service.submit(request.with_(mask_image=str(tmp_path / "canvas.png"), mask_grow=-200))
+    qtbot.waitUntil(lambda: rec.outcome(empty) is not None, timeout=TIMEOUT_MS)
+    assert rec.outcome(job) == rec.outcome(blend) == "done", rec.of("job_failed")
+    assert rec.of("job_note", job) == [("job_note", job, "inpainting through the inpainting ControlNet")]
+    assert rec.of("job_note", blend)[0][2] == "inpainting by latent blending (chosen in the request)"
+    failures = {e[1]: e[2:] for e in rec.of("job_failed")}
+    assert failures[empty][1] == "invalid" and "mask is empty" in failures[empty][0]
+    keep = np.ones(mask.shape, bool)
+    keep[40 - 8 : 120 + 8, 60 - 8 : 200 + 8] = False
+    for job_id, method in ((job, "controlnet"), (blend, "latent_blend")):
+        ((_, _, path),) = rec.of("image_ready", job_id)
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        assert pixels.shape == source.shape and np.array_equal(pixels[keep], source[keep])
+        meta = read_metadata(path)
+        assert meta.request.mode == "inpaint" and meta.request.method == method

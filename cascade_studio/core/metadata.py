@@ -61,13 +61,39 @@ def a1111_parameters(request: GenerationRequest, model_name: str, version: str) 
         params["Stage B shift"] = _number_text(b.shift)
     if request.mode != "text":
         params["Mode"] = request.mode
-    if request.mode == "img2img":
+    if request.mode in ("img2img", "inpaint", "outpaint"):
         params["Denoising strength"] = _number_text(request.strength)
+    params.update(_control_parameters(request))
     params["Version"] = f"cascade-studio {version}"
 
     line = ", ".join(f"{key}: {_a1111_quote(str(value))}" for key, value in params.items())
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
     return f"{request.prompt}{negative}\n{line}".strip()
+
+
+_CONTROLNET_NAMES = {"inpaint": "inpainting", "outpaint": "inpainting", "canny": "canny", "upscale": "super_resolution"}
+
+
+def _control_parameters(request: GenerationRequest) -> dict[str, str]:
+    """The A1111-style settings of the mask and ControlNet modes (A1111's own names where it has one)."""
+    params: dict[str, str] = {}
+    if request.mode in ("inpaint", "outpaint"):
+        params["Inpaint method"] = {"latent_blend": "latent blend"}.get(request.method, request.method)
+        if request.mode == "outpaint" and request.outpaint is not None:
+            params["Outpaint"] = "{} {} {} {}".format(*request.outpaint)  # left top right bottom, px
+        params["Mask blur"] = str(request.mask_feather)
+        if request.mask_grow:
+            params["Mask grow"] = str(request.mask_grow)
+        params["Inpaint area"] = "Only masked" if request.context == "mask" else "Whole picture"
+        if request.context == "mask":
+            params["Only masked padding, pixels"] = str(request.context_padding)
+    uses_controlnet = request.mode in ("canny", "upscale") or (
+        request.mode in ("inpaint", "outpaint") and request.method == "controlnet"
+    )
+    if uses_controlnet:
+        params["ControlNet"] = _CONTROLNET_NAMES[request.mode]
+        params["Control strength"] = _number_text(request.control_strength)
+    return params
 
 
 def png_text_chunks(request: GenerationRequest, model_name: str, version: str) -> dict[str, str]:
@@ -407,6 +433,7 @@ def _from_cascade_studio(texts: Mapping[str, str]) -> ForeignMetadata:
             "stage_b_cfg": request.stage_b.cfg,
             "shift": request.stage_c.shift,
             "mode": request.mode,
+            "method": request.method,
         },
         request=request,
     )

@@ -17,7 +17,18 @@ from typing import Any, ClassVar
 
 from .geometry import MAX_SIZE, MIN_SIZE, SIZE_STEP, snap_size
 
-MODES = ("text", "variation", "img2img")
+MODES = ("text", "variation", "img2img", "inpaint", "outpaint", "canny", "upscale")
+#: modes that read ``source_image`` (canny reads ``control_image`` instead)
+SOURCE_MODES = ("variation", "img2img", "inpaint", "outpaint", "upscale")
+#: modes whose Stage C starts from the noised source latent, so ``strength`` applies
+STRENGTH_MODES = ("img2img", "inpaint", "outpaint")
+#: modes that paste the result back into the source through a mask
+MASK_MODES = ("inpaint", "outpaint")
+#: how inpaint/outpaint run: "auto" picks "controlnet" when the inpainting ControlNet fits the Stage C (the full
+#: 3.6B one for the released files) and "latent_blend" otherwise; finished images record the method used.
+METHODS = ("auto", "controlnet", "latent_blend")
+CONTEXTS = ("image", "mask")  # generate on the whole image, or on the masked area plus context_padding
+MAX_MASK_PIXELS = 4096
 SAMPLERS = ("ddpm", "ddim")
 VARIANTS = ("lite", "full")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts up to 0xffff_ffff_ffff_ffff
@@ -65,7 +76,7 @@ class GenerationRequest:
     Immutable, so it can be handed between threads freely. Build variants with `with_(...)`.
     """
 
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
 
     prompt: str
     _: KW_ONLY
@@ -81,6 +92,16 @@ class GenerationRequest:
     source_image: str | None = None
     strength: float = 0.8
     sampler: str = "ddpm"
+    # -- version 2: inpaint, outpaint, canny, upscale. Files are referred to by path, like source_image. --
+    mask_image: str | None = None  # greyscale PNG, 255 = repaint (inpaint; optional extra mask for outpaint)
+    control_image: str | None = None  # canny: the picture whose edges guide the generation
+    control_strength: float = 1.0  # the ControlNet features' multiplier (the reference's cnet_multiplier)
+    mask_grow: int = 0  # px the mask grows (negative: shrinks) before use
+    mask_feather: int = 16  # px of the feathered transition band around the mask in the final composite
+    context: str = "image"  # "image" or "mask" (the masked area plus context_padding px, pasted back)
+    context_padding: int = 64
+    outpaint: tuple[int, int, int, int] | None = None  # px added (left, top, right, bottom), snapped to 128 px
+    method: str = "auto"
 
     # -- validation -------------------------------------------------------------------------------------
 
@@ -120,8 +141,51 @@ class GenerationRequest:
             problems.append(f"strength must be a number greater than 0 and at most 1 (got {self.strength!r})")
         if self.source_image is not None and not isinstance(self.source_image, str):
             problems.append(f"source_image must be a path string or None (got {type(self.source_image).__name__})")
-        elif self.mode in ("variation", "img2img") and not self.source_image:
+        elif self.mode in SOURCE_MODES and not self.source_image:
             problems.append(f"source_image is required in {self.mode} mode")
+        problems.extend(self._v2_errors())
+        return problems
+
+    def _v2_errors(self) -> list[str]:
+        problems: list[str] = []
+        for name in ("mask_image", "control_image"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                problems.append(f"{name} must be a path string or None (got {type(value).__name__})")
+        if self.mode == "inpaint" and not self.mask_image:
+            problems.append("mask_image is required in inpaint mode")
+        if self.mode == "canny" and not self.control_image:
+            problems.append("control_image is required in canny mode")
+        if not _is_number(self.control_strength) or not 0 <= self.control_strength <= 2:
+            problems.append(f"control_strength must be a number from 0 to 2 (got {self.control_strength!r})")
+        if not _is_int(self.mask_grow) or not -MAX_MASK_PIXELS <= self.mask_grow <= MAX_MASK_PIXELS:
+            problems.append(f"mask_grow must be an integer from -{MAX_MASK_PIXELS} to {MAX_MASK_PIXELS} px "
+                            f"(got {self.mask_grow!r})")  # fmt: skip
+        for name in ("mask_feather", "context_padding"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 0 <= value <= MAX_MASK_PIXELS:
+                problems.append(f"{name} must be an integer from 0 to {MAX_MASK_PIXELS} px (got {value!r})")
+        if self.context not in CONTEXTS:
+            problems.append(f"context must be one of {', '.join(CONTEXTS)} (got {self.context!r})")
+        if self.outpaint is not None:
+            sides = self.outpaint
+            if (
+                not isinstance(sides, tuple)
+                or len(sides) != 4
+                or not all(_is_int(v) and 0 <= v <= MAX_SIZE for v in sides)
+            ):
+                problems.append(f"outpaint must be four integers (left, top, right, bottom) from 0 to {MAX_SIZE} px "
+                                f"(got {sides!r})")  # fmt: skip
+            elif not any(sides):
+                problems.append("outpaint must extend at least one side")
+        if self.mode == "outpaint" and self.outpaint is None:
+            problems.append("outpaint (left, top, right, bottom) is required in outpaint mode")
+        elif self.mode != "outpaint" and self.outpaint is not None:
+            problems.append(f"outpaint applies only in outpaint mode (mode is {self.mode}); set it to None")
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
+        elif self.method == "latent_blend" and self.mode not in MASK_MODES:
+            problems.append(f"method latent_blend works only for inpaint and outpaint (mode is {self.mode})")
         return problems
 
     def validate(self) -> GenerationRequest:
@@ -163,6 +227,15 @@ class GenerationRequest:
             "source_image": self.source_image,
             "strength": float(self.strength),
             "sampler": self.sampler,
+            "mask_image": self.mask_image,
+            "control_image": self.control_image,
+            "control_strength": float(self.control_strength),
+            "mask_grow": self.mask_grow,
+            "mask_feather": self.mask_feather,
+            "context": self.context,
+            "context_padding": self.context_padding,
+            "outpaint": list(self.outpaint) if self.outpaint is not None else None,
+            "method": self.method,
         }
 
     def to_json(self) -> str:
@@ -194,9 +267,16 @@ class GenerationRequest:
             raise ValueError("prompt is missing")
         if "seed" not in data:
             raise ValueError("seed is missing")
-        source_image = data.get("source_image")
-        if source_image is not None and not isinstance(source_image, str):
-            raise ValueError(f"source_image must be a path string or null (got {type(source_image).__name__})")
+        paths = {}
+        for name in ("source_image", "mask_image", "control_image"):
+            paths[name] = data.get(name)
+            if paths[name] is not None and not isinstance(paths[name], str):
+                raise ValueError(f"{name} must be a path string or null (got {type(paths[name]).__name__})")
+        outpaint = data.get("outpaint")
+        if outpaint is not None:
+            if not isinstance(outpaint, (list, tuple)) or len(outpaint) != 4:
+                raise ValueError(f"outpaint must be a list of four integers or null (got {outpaint!r})")
+            outpaint = tuple(_get_int({"v": v}, "v", 0, "outpaint") for v in outpaint)
         request = cls(
             prompt=_get_str(data, "prompt", ""),
             seed=_get_int(data, "seed", 0, "seed"),
@@ -208,9 +288,18 @@ class GenerationRequest:
             stage_b=StageSettings.from_dict(data.get("stage_b", {}), "stage_b", STAGE_B_DEFAULTS),
             variant=_get_str(data, "variant", "lite"),
             mode=_get_str(data, "mode", "text"),
-            source_image=source_image,
+            source_image=paths["source_image"],
             strength=_get_float(data, "strength", 0.8, "strength"),
             sampler=_get_str(data, "sampler", "ddpm"),
+            mask_image=paths["mask_image"],
+            control_image=paths["control_image"],
+            control_strength=_get_float(data, "control_strength", 1.0, "control_strength"),
+            mask_grow=_get_int(data, "mask_grow", 0, "mask_grow"),
+            mask_feather=_get_int(data, "mask_feather", 16, "mask_feather"),
+            context=_get_str(data, "context", "image"),
+            context_padding=_get_int(data, "context_padding", 64, "context_padding"),
+            outpaint=outpaint,
+            method=_get_str(data, "method", "auto"),
         )
         return request.validate()
 
@@ -223,8 +312,25 @@ class GenerationRequest:
         return cls.from_dict(data)
 
 
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added the inpaint/outpaint/canny/upscale modes and their settings; a version-1 request (text,
+    variation or img2img) means exactly what it meant, with those settings at their defaults."""
+    defaults = {
+        "mask_image": None,
+        "control_image": None,
+        "control_strength": 1.0,
+        "mask_grow": 0,
+        "mask_feather": 16,
+        "context": "image",
+        "context_padding": 64,
+        "outpaint": None,
+        "method": "auto",
+    }
+    return {**data, **defaults, "schema_version": 2}
+
+
 # version n -> function turning a version-n dict into a version-(n + 1) dict. Add one per schema bump.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 def _is_int(value: Any) -> bool:

@@ -15,10 +15,23 @@ import torch
 import torch.nn.functional as F
 
 from ..core.geometry import effnet_input_size, snap_size, stage_b_latent_size, stage_c_latent_size
-from ..core.request import GenerationRequest
+from ..core.request import MASK_MODES, GenerationRequest
 from ..networks.effnet import imagenet_normalize
+from .control import (
+    CONTROLNET_ROLES,
+    MODE_CONTROLNET,
+    SR_SCALE,
+    InputError,
+    canny_edges,
+    controlnet_misfit,
+    inpaint_control,
+    latent_mask,
+    prepare_mask_job,
+    repaint_area,
+    resize_image,
+)
 from .graphs import maybe_graphed
-from .models import ModelSet
+from .models import MissingWeights, ModelSet
 from .sampling import SeededNoise, diffuse, sample
 
 
@@ -39,8 +52,31 @@ class ProgressEvent:
 
 @dataclass(frozen=True)
 class GeneratedImage:
+    """``request`` has batch size 1, this image's seed and the method actually used (never "auto" for the
+    ControlNet modes): it regenerates exactly this image. For inpaint the pixels have the source image's size,
+    for outpaint the extended canvas's, composited so that pixels outside mask + band are the source's."""
+
     pixels: np.ndarray  # (H, W, 3) uint8
-    request: GenerationRequest  # batch size 1 and this image's seed: regenerates exactly this image
+    request: GenerationRequest
+
+
+_MODE_WORDS = {
+    "inpaint": "inpainting",
+    "outpaint": "outpainting",
+    "canny": "canny-guided generation",
+    "upscale": "2× super-resolution",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a request will run. ``method`` is None for text/variation/img2img, else "controlnet" or
+    "latent_blend"; ``note`` is a sentence for the UI ("inpainting by latent blending (…)"), empty for plain
+    modes; ``controlnet`` is the ModelSet role of the ControlNet used, if any."""
+
+    method: str | None
+    note: str = ""
+    controlnet: str | None = None
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -62,6 +98,38 @@ class Pipeline:
     def device(self) -> torch.device:
         return self.models.device
 
+    def plan(self, request: GenerationRequest) -> Plan:
+        """Resolve how ``request`` runs, reading only file headers. Inpaint/outpaint with method "auto" use the
+        inpainting ControlNet when it is present and fits the Stage C (the full 3.6B one, for the released
+        files), else latent blending. Raises :class:`MissingWeights` when a ControlNet the request needs is
+        missing, :class:`InputError` (a ValueError) when it does not fit the Stage C."""
+        role = MODE_CONTROLNET.get(request.mode)
+        if role is None:
+            return Plan(None)
+        what = _MODE_WORDS[request.mode]
+        file, _, label = CONTROLNET_ROLES[role]
+        masked = request.mode in MASK_MODES
+        if masked and request.method == "latent_blend":
+            return Plan("latent_blend", f"{what} by latent blending (chosen in the request)")
+        m = self.models
+        path = m.path(role)
+        misfit = controlnet_misfit(m._path("stage_c"), path) if path is not None else None
+        if path is None or misfit is not None:
+            if masked and request.method == "auto":
+                why = f"no {label} in the weights folder" if path is None else f"the {label} does not fit this Stage C"
+                return Plan("latent_blend", f"{what} by latent blending ({why})")
+            if path is None:
+                raise MissingWeights(
+                    f"{what} needs the {label}: {file} is missing in the weights folder {m.folder}. Download it with "
+                    "`cascade-studio download --variant controlnets` (it works with the full Stage C)."
+                )
+            raise InputError(
+                f"{what} needs the {label}, which does not fit the {m.variant} Stage C ({misfit}); the released "
+                "ControlNets fit only the full (3.6B) Stage C"
+                + (": choose the full variant, or latent blending." if masked else ": choose the full variant.")
+            )
+        return Plan("controlnet", f"{what} through the {label}", role)
+
     @torch.inference_mode()
     def run(
         self,
@@ -70,11 +138,23 @@ class Pipeline:
         on_progress: Callable[[ProgressEvent], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
         source_image: torch.Tensor | None = None,
+        mask_image: np.ndarray | None = None,
+        control_image: torch.Tensor | None = None,
     ) -> list[GeneratedImage]:
         """Generate ``request.batch_size`` images. ``source_image`` ((3, H, W) float in [0, 1]) is
-        required for the variation and image-to-image modes."""
+        required for the variation, image-to-image, inpaint, outpaint and upscale modes; ``mask_image``
+        ((H, W) uint8, 255 = repaint, the source's size) for inpaint (optional for outpaint);
+        ``control_image`` ((3, H, W) float in [0, 1]) for canny. See :meth:`plan` for the method used."""
         request.validate()
-        width, height, _ = snap_size(request.width, request.height)
+        plan = self.plan(request)
+        job = None
+        if request.mode in MASK_MODES:
+            canvas = to_uint8(self._source(source_image))[0]  # exact for images read from 8-bit files
+            mask = None if mask_image is None else np.asarray(mask_image, dtype=np.uint8)
+            job = prepare_mask_job(request, canvas, mask)
+            width, height = job.size
+        else:
+            width, height, _ = snap_size(request.width, request.height)
         batch = request.batch_size
         report = on_progress or (lambda event: None)
         # Nobody to show them to (or switched off with preview_every=0): skip the Previewer.
@@ -99,19 +179,53 @@ class Pipeline:
         noise_c = SeededNoise(seeds, (16, hc, wc), device=self.device)
         x_init = noise_c.initial()
         steps_c, t_start = request.stage_c.steps, 1.0
-        if request.mode == "img2img":
-            ew, eh = effnet_input_size(width, height)
-            src = F.interpolate(self._source(source_image), size=(eh, ew), mode="bilinear", antialias=True)
+        ew, eh = effnet_input_size(width, height)
+        control = blend = keep = latent = None
+        if request.mode in ("img2img", *MASK_MODES):
+            if job is not None:
+                region = torch.from_numpy(np.ascontiguousarray(job.region_pixels)).permute(2, 0, 1)
+                src = region.to(self.device, torch.float32).div(255).unsqueeze(0)
+            else:
+                src = self._source(source_image)
+            src = resize_image(src, ew, eh)
             with m.using("effnet") as (effnet,):
                 latent = effnet(imagenet_normalize(src)).expand(batch, -1, -1, -1)
             t_start = request.strength
             steps_c = max(1, int(request.stage_c.steps * request.strength))
             x_init = diffuse(latent, t_start, x_init, shift=1.0)
+        if job is not None:
+            repaint = torch.from_numpy(repaint_area(job.region_mask)).float()[None, None]
+            if plan.method == "controlnet":
+                control = inpaint_control(src, F.interpolate(repaint, size=(eh, ew), mode="nearest").to(self.device))
+            else:
+                keep = 1 - latent_mask(repaint, (hc, wc)).to(self.device)
+                blend = self._latent_blend(latent, keep, noise_c.initial().float(), t_start, steps_c,
+                                           request.stage_c.shift)  # fmt: skip
+        elif request.mode == "canny":
+            if control_image is None:
+                raise InputError("canny mode needs a control image")
+            control = canny_edges(resize_image(self._source(control_image), ew, eh)).to(self.device)
+        elif request.mode == "upscale":
+            low = resize_image(self._source(source_image), width // SR_SCALE, height // SR_SCALE)
+            with m.using("effnet") as (effnet,):
+                control = F.interpolate(effnet(imagenet_normalize(low)), scale_factor=SR_SCALE, mode="nearest")
+
+        cond = {"clip_text": text_c, "clip_text_pooled": pooled_c, "clip_img": img_c}
+        uncond = {"clip_text": text_u, "clip_text_pooled": pooled_u, "clip_img": torch.zeros_like(img_c)}
+        if plan.controlnet is not None:
+            with m.using(plan.controlnet) as (controlnet,):
+                features = controlnet(control.to(dtype))
+            # The reference gives both branches the same features, times cnet_multiplier.
+            cnet = [
+                None if f is None else (f * request.control_strength).expand(batch, -1, -1, -1).contiguous()
+                for f in features
+            ]
+            cond["cnet"] = uncond["cnet"] = cnet
 
         latent_c = self._sample(
             "c",
-            {"clip_text": text_c, "clip_text_pooled": pooled_c, "clip_img": img_c},
-            {"clip_text": text_u, "clip_text_pooled": pooled_u, "clip_img": torch.zeros_like(img_c)},
+            cond,
+            uncond,
             x_init,
             steps=steps_c,
             t_start=t_start,
@@ -121,7 +235,10 @@ class Pipeline:
             report=report,
             cancel=cancel,
             previews=previews,
+            blend=blend,
         )
+        if keep is not None:  # the kept cells are the source's own latent in the result, too
+            latent_c = latent_c * (1 - keep) + latent.float() * keep
 
         hb, wb = stage_b_latent_size(width, height)
         noise_b = SeededNoise(seeds, (4, hb, wb), device=self.device)
@@ -145,15 +262,45 @@ class Pipeline:
             # One image at a time: a float32 decode of a batch at 1024² would hold several GiB of activations.
             pixels = np.concatenate([to_uint8(stage_a.decode(latent_b[i : i + 1].float())) for i in range(batch)])
         report(ProgressEvent("a", 1, 1))
-        return [GeneratedImage(pixels[i], request.for_image(i)) for i in range(batch)]
+        if job is not None:
+            pixels = [job.paste(pixels[i], request.mask_feather) for i in range(batch)]
+        done = request.with_(method=plan.method) if plan.method is not None else request
+        return [GeneratedImage(pixels[i], done.for_image(i)) for i in range(batch)]
+
+    @staticmethod
+    def _latent_blend(latent, keep, noise, t_start, steps, shift):
+        """The step hook of latent-blending inpainting: after step i the kept cells of x become the source latent
+        re-noised (with the starting noise) to the time x has reached, on the sampling schedule."""
+        times = torch.linspace(t_start, 0, steps + 1)
+        source = latent.float()
+
+        def blend(i: int, x: torch.Tensor) -> torch.Tensor:
+            renoised = diffuse(source, float(times[i + 1]), noise, shift=shift)
+            return x * (1 - keep) + renoised * keep
+
+        return blend
 
     def _source(self, image: torch.Tensor | None) -> torch.Tensor:
         if image is None:
-            raise ValueError("this mode needs a source image")
+            raise InputError("this mode needs a source image")
         return image.to(self.device, torch.float32).unsqueeze(0)
 
     def _sample(
-        self, stage, cond, uncond, x_init, *, steps, t_start, settings, sampler, noise, report, cancel, previews
+        self,
+        stage,
+        cond,
+        uncond,
+        x_init,
+        *,
+        steps,
+        t_start,
+        settings,
+        sampler,
+        noise,
+        report,
+        cancel,
+        previews,
+        blend=None,
     ):
         """Run Stage C (``stage="c"``, with a Previewer image per step) or Stage B; returns the last x0."""
         roles = ("stage_c", "previewer") if stage == "c" and previews else (f"stage_{stage}",)
@@ -173,14 +320,15 @@ class Pipeline:
                 noise,
                 report,
                 cancel,
+                blend,
             )
 
     def _steps(self, stage, network, previewer, cond, uncond, x_init, steps, t_start, settings, sampler, noise,
-               report, cancel):  # fmt: skip
+               report, cancel, blend=None):  # fmt: skip
         dtype = self.models.dtype
         # cfg 1 equals no guidance (the rescale then leaves ε unchanged): skip the unconditional half.
         guided = settings.cfg != 1
-        inputs = {k: torch.cat([cond[k], uncond[k]]) for k in cond} if guided else cond
+        inputs = {k: _pair(cond[k], uncond[k]) for k in cond} if guided else cond
 
         def forward(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             return network(x, r, **inputs)
@@ -204,6 +352,7 @@ class Pipeline:
             sampler=sampler,
             rescale="image",
             noise=noise,
+            blend=blend,
         ):
             x0 = step.x0
             done = step.index + 1
@@ -214,3 +363,10 @@ class Pipeline:
             if cancel():
                 raise Cancelled()
         return x0
+
+
+def _pair(cond, uncond):
+    """The doubled batch of one condition: tensors concatenated, ControlNet feature lists element by element."""
+    if isinstance(cond, list):
+        return [None if c is None else torch.cat([c, u]) for c, u in zip(cond, uncond, strict=True)]
+    return torch.cat([cond, uncond])

@@ -36,9 +36,23 @@ _SHARED = {
     "text_encoder": [TEXT_ENCODER_FILE, OPEN_CLIP_TEXT_ENCODER_FILE],  # TextEncoder.from_file reads both layouts
     "image_encoder": [IMAGE_ENCODER_FILE],
 }
+#: the ControlNets (registry variant "controlnets"; they fit the full Stage C), by role
+_CONTROLNETS = {
+    "controlnet_inpainting": ["controlnet/inpainting.safetensors"],
+    "controlnet_canny": ["controlnet/canny.safetensors"],
+    "controlnet_super_resolution": ["controlnet/super_resolution.safetensors"],
+}
 #: roles every mode needs; the others only for some modes
 _ALWAYS = ("stage_c", "stage_b", "stage_a", "previewer", "text_encoder")
-_BY_MODE = {"text": (), "variation": ("image_encoder",), "img2img": ("effnet",)}
+_BY_MODE = {
+    "text": (),
+    "variation": ("image_encoder",),
+    "img2img": ("effnet",),
+    "inpaint": ("effnet",),  # + the inpainting ControlNet with method "controlnet"
+    "outpaint": ("effnet",),
+    "canny": ("controlnet_canny",),
+    "upscale": ("effnet", "controlnet_super_resolution"),
+}
 
 
 class MissingWeights(FileNotFoundError):
@@ -49,6 +63,10 @@ def candidates(variant: str) -> dict[str, list[str]]:
     if variant not in _CANDIDATES:
         raise ValueError(f"variant must be 'lite' or 'full', not {variant!r}")
     return {**_CANDIDATES[variant], **_SHARED}
+
+
+def _role_names(variant: str, role: str) -> list[str]:
+    return _CONTROLNETS[role] if role in _CONTROLNETS else candidates(variant)[role]
 
 
 _HINT = (
@@ -75,13 +93,15 @@ def _locate(folder: Path, names: list[str]) -> Path | None:
     return None
 
 
-def find_files(folder: str | Path, variant: str, mode: str = "text") -> dict[str, Path]:
-    """The files for ``variant`` and ``mode`` in ``folder``; raises :class:`MissingWeights`."""
+def find_files(folder: str | Path, variant: str, mode: str = "text", method: str | None = None) -> dict[str, Path]:
+    """The files for ``variant`` and ``mode`` in ``folder``; raises :class:`MissingWeights`. Inpaint and outpaint
+    need the inpainting ControlNet only with ``method="controlnet"``."""
     folder = Path(folder)
-    names = candidates(variant)
     roles = (*_ALWAYS, *_BY_MODE[mode])
-    found = {role: _locate(folder, names[role]) for role in roles}
-    missing = [names[role][0] for role, path in found.items() if path is None]
+    if mode in ("inpaint", "outpaint") and method == "controlnet":
+        roles = (*roles, "controlnet_inpainting")
+    found = {role: _locate(folder, _role_names(variant, role)) for role in roles}
+    missing = [_role_names(variant, role)[0] for role, path in found.items() if path is None]
     if missing:
         raise MissingWeights(
             f"missing in the weights folder {folder}: {', '.join(missing)}. {_HINT.format(variant=variant)}"
@@ -123,11 +143,15 @@ class ModelSet:
             raise ValueError(f"memory mode must be one of {', '.join(MEMORY_MODES)}, not {self.memory!r}")
         self._networks: dict[str, torch.nn.Module] = {}
 
-    def check(self, mode: str) -> dict[str, Path]:
-        return find_files(self.folder, self.variant, mode)
+    def check(self, mode: str, method: str | None = None) -> dict[str, Path]:
+        return find_files(self.folder, self.variant, mode, method)
+
+    def path(self, role: str) -> Path | None:
+        """The file for ``role``, or None when it is not there (nothing is loaded)."""
+        return _locate(self.folder, _role_names(self.variant, role))
 
     def _path(self, role: str) -> Path:
-        names = candidates(self.variant)[role]
+        names = _role_names(self.variant, role)
         path = _locate(self.folder, names)
         if path is None:
             raise MissingWeights(
@@ -152,7 +176,8 @@ class ModelSet:
             from .conditioning import ImageEncoder
 
             return ImageEncoder.from_file(path, device=device, dtype=dtype)
-        return load_network(path, dtype=dtype, device=device, expect=role).module
+        network = "controlnet" if role.startswith("controlnet_") else role
+        return load_network(path, dtype=dtype, device=device, expect=network).module
 
     def get(self, role: str) -> torch.nn.Module:
         """The network for ``role``, loaded if needed (outside :meth:`using` it may be parked)."""

@@ -243,6 +243,7 @@ def sample(
     cfg_rho: float = 0.7,
     rescale: str = "image",
     noise: NoiseSource | Callable[[int], torch.Tensor] | None = None,
+    blend: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[Step]:
     """Run GDF sampling from ``x_init`` at time ``t_start`` down to 0, yielding a :class:`Step`
     after every step; keep the last step's ``x0``. Stop iterating to cancel: ``predict`` is called
@@ -263,6 +264,9 @@ def sample(
     callable ``noise(i)``, or ``None`` for torch's global generator (not reproducible across
     devices). Math is float32 whatever ``x_init``'s or the predictions' dtype. Arguments are checked
     when ``sample`` is called, before the first step.
+
+    ``blend(i, x)``, when given, replaces the state after step ``i`` (at time ``times[i+1]``) before it is
+    yielded and used by the next step: latent-blending inpainting puts the re-noised source back there.
     """
     _validate(steps, cfg, t_start, sampler, rescale, cfg_rho, shift)
     if noise is None:
@@ -273,10 +277,10 @@ def sample(
         draw = noise
     else:
         raise ValueError(f"noise must be a noise source with step(i), a callable or None, got {type(noise).__name__}")
-    return _sample(predict, x_init, steps, cfg, shift, float(t_start), sampler, float(cfg_rho), rescale, draw)
+    return _sample(predict, x_init, steps, cfg, shift, float(t_start), sampler, float(cfg_rho), rescale, draw, blend)
 
 
-def _sample(predict, x_init, steps, cfg, shift, t_start, sampler, cfg_rho, rescale, draw) -> Iterator[Step]:
+def _sample(predict, x_init, steps, cfg, shift, t_start, sampler, cfg_rho, rescale, draw, blend=None) -> Iterator[Step]:
     x = x_init.to(torch.float32, copy=True)
     batch, device = x.shape[0], x.device
     times = torch.linspace(t_start, 0, steps + 1)
@@ -308,6 +312,8 @@ def _sample(predict, x_init, steps, cfg, shift, t_start, sampler, cfg_rho, resca
             x = a_next * x0 + (b_next**2 - sigma**2).clamp(min=0).sqrt() * eps + sigma * z.to(device, torch.float32)
         else:
             x = a_next * x0 + b_next * eps
+        if blend is not None:
+            x = blend(i, x).to(torch.float32)
         yield Step(index=i, total=steps, x=x, x0=x0, eps=eps)
 
 

@@ -36,6 +36,9 @@ _ROLE_LABELS = {
     "text_encoder": "the text encoder",
     "image_encoder": "the image encoder",
     "effnet": "the EfficientNet encoder",
+    "controlnet_inpainting": "the inpainting ControlNet",
+    "controlnet_canny": "the canny ControlNet",
+    "controlnet_super_resolution": "the super-resolution ControlNet",
 }
 
 OUT_OF_MEMORY_ADVICE = (
@@ -162,6 +165,7 @@ class GpuWorker(QObject):
     config through ``config_getter`` (thread-safe) at the start of every job."""
 
     job_started = Signal(int)
+    job_note = Signal(int, str)
     progress = Signal(int, str, int, int)
     preview_available = Signal()
     image_ready = Signal(int, str)
@@ -249,21 +253,31 @@ class GpuWorker(QObject):
         config = self._config()
         pipeline = self._pipeline_for(config, request.variant)
 
+        from ..core.inpaint import InputError, load_mask
         from ..pipeline.generate import Cancelled
         from ..pipeline.images import load_image
         from ..pipeline.models import MissingWeights
 
         try:
-            files = pipeline.models.check(request.mode)
+            plan = pipeline.plan(request)
+            files = pipeline.models.check(request.mode, plan.method)
         except MissingWeights as exc:
             raise _Failure(str(exc), "missing_weights") from None
+        except InputError as exc:  # a ControlNet that does not fit this Stage C
+            raise _Failure(str(exc), "invalid") from None
+        if plan.note:
+            self.job_note.emit(job.id, plan.note)  # e.g. "inpainting by latent blending (…)"
         model_name = "demo" if config.demo else files["stage_c"].name.removesuffix(".safetensors")
-        source = None
-        if request.source_image:
-            try:
-                source = load_image(request.source_image)
-            except ValueError as exc:
-                raise _Failure(str(exc), "invalid") from None
+        inputs = {}
+        try:
+            if request.source_image:
+                inputs["source_image"] = load_image(request.source_image)
+            if request.mask_image:
+                inputs["mask_image"] = load_mask(request.mask_image)
+            if request.control_image:
+                inputs["control_image"] = load_image(request.control_image)
+        except ValueError as exc:
+            raise _Failure(str(exc), "invalid") from None
         pipeline.preview_every = max(0, config.preview_every)
 
         def on_progress(event) -> None:
@@ -274,13 +288,13 @@ class GpuWorker(QObject):
                 self.preview_available.emit()
 
         try:
-            images = pipeline.run(
-                request, on_progress=on_progress, should_cancel=lambda: job.cancelled, source_image=source
-            )
+            images = pipeline.run(request, on_progress=on_progress, should_cancel=lambda: job.cancelled, **inputs)
         except Cancelled:
             return "cancelled"
         except MissingWeights as exc:
             raise _Failure(str(exc), "missing_weights") from None
+        except InputError as exc:  # the inputs do not fit together (mask size, empty mask …)
+            raise _Failure(str(exc), "invalid") from None
         if job.cancelled:
             return "cancelled"
         gallery = self._gallery_for(Path(config.output_dir))
@@ -411,6 +425,7 @@ class GenerationService(QObject):
 
     job_queued = Signal(int, object)  # id, GenerationRequest
     job_started = Signal(int)
+    job_note = Signal(int, str)  # id, how the job runs ("inpainting by latent blending (…)"); ControlNet modes only
     progress = Signal(int, str, int, int)  # id, stage "c"|"b"|"a", step, total
     preview = Signal(int, object)  # id, np.ndarray (H, W, 3) uint8
     image_ready = Signal(int, str)  # id, path: already written and indexed
@@ -431,6 +446,7 @@ class GenerationService(QObject):
         self._worker = GpuWorker(self._jobs, self._previews, self._current_config)
         self._worker.moveToThread(self._thread)
         self._worker.job_started.connect(self.job_started)
+        self._worker.job_note.connect(self.job_note)
         self._worker.progress.connect(self.progress)
         self._worker.image_ready.connect(self.image_ready)
         self._worker.job_failed.connect(self.job_failed)
