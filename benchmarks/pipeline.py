@@ -747,8 +747,14 @@ def parent(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=512, help="image side in pixels, a multiple of 128 (default 512)")
+    parser.add_argument("--size", type=int, help="image side in pixels, a multiple of 128 (default 512; cuda 1024)")
     parser.add_argument("--runs", type=int, default=2, help="timed generations after the warm-up (default 2)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: full-size lite and full weights in bf16 at 1024x1024, batch 4 (benchmarks/gpu.py)",
+    )
     parser.add_argument(
         "--impls",
         default=",".join(IMPLS),
@@ -773,6 +779,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.t_start = t_start
+    if args.device == "cuda":
+        from benchmarks import gpu
+
+        return gpu.main(["--batches", "4", "--runs", str(args.runs), "--size", str(args.size or 1024)])
+    args.size = args.size or 512
     if args.size <= 0 or args.size % 128:
         parser.error(f"--size must be a positive multiple of 128, not {args.size}")
     if args.runs < 1:
