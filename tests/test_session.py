@@ -141,7 +141,7 @@ def test_using_a_source_image_switches_text_mode_to_image_to_image():
 
 def test_fields_check_their_values():
     session = SessionModel()
-    for name, value in (("seed_policy", "sometimes"), ("variant", "huge"), ("mode", "inpaint"), ("steps_c", 2.5)):
+    for name, value in (("seed_policy", "sometimes"), ("variant", "huge"), ("mode", "sketch"), ("steps_c", 2.5)):
         with pytest.raises(ValueError, match=name):
             setattr(session, name, value)
     session.batch_size = 1000
@@ -168,7 +168,8 @@ def test_apply_request_recalls_every_field(qtbot):
     )
     assert set(request.to_dict()) - {"schema_version"} == {
         "prompt", "negative_prompt", "seed", "width", "height", "batch_size", "stage_c", "stage_b", "variant",
-        "mode", "source_image", "strength", "sampler",
+        "mode", "source_image", "strength", "sampler", "mask_image", "control_image", "control_strength",
+        "mask_grow", "mask_feather", "context", "context_padding", "outpaint", "method",
     }, "a new request field needs recalling here too"  # fmt: skip
     session = _session(seed_policy="random", count=2)
     with qtbot.waitSignal(session.prompt_changed):
@@ -176,6 +177,36 @@ def test_apply_request_recalls_every_field(qtbot):
     assert session.request() == request
     assert session.seed_policy == "fixed" and session.size_preset == "21:9"
     assert [job.seed for job in session.requests()] == [request.seed, request.seed + 3]
+    # every masked-mode field, in each of the new modes
+    masked = request.with_(mode="outpaint", mask_image="/masks/m.png", control_strength=1.4, mask_grow=-6,
+                           mask_feather=24, context="mask", context_padding=96, outpaint=(128, 0, 256, 64),
+                           method="latent_blend", strength=0.9)  # fmt: skip
+    session.apply_request(masked)
+    assert session.request() == masked and session.outpaint == (128, 0, 256, 64)
+    inpaint = masked.with_(mode="inpaint", outpaint=None, method="controlnet", strength=0.7)
+    session.apply_request(inpaint)
+    assert session.request() == inpaint and session.outpaint is None
+    canny = request.with_(mode="canny", source_image=None, control_image="/edges/house.png", control_strength=0.6)
+    session.apply_request(canny)
+    assert session.request() == canny and session.chosen_image == "/edges/house.png"
+    upscale = request.with_(mode="upscale", stage_c=StageSettings(20, 1.0, 2.0), width=2048, height=1024)
+    session.apply_request(upscale)
+    assert session.request() == upscale
+
+
+def test_outpaint_extents_exist_only_in_outpaint_mode_and_masked_modes_start_at_full_strength():
+    session = _session(strength=0.5, method="latent_blend")
+    assert session.method == "latent_blend" and session.outpaint is None
+    session.mode = "inpaint"
+    assert session.strength == 1.0 and session.outpaint is None
+    session.mode = "outpaint"
+    assert session.outpaint is not None and any(session.outpaint) and session.strength == 1.0
+    session.outpaint = (0, 128, 0, 128)
+    assert session.request().outpaint == (0, 128, 0, 128)
+    session.mode = "img2img"
+    assert session.outpaint is None and session.request().outpaint is None and session.method == "auto"
+    with pytest.raises(ValueError, match="outpaint"):
+        session.outpaint = (1, 2, 3)
 
 
 # -- history --------------------------------------------------------------------------------------------
@@ -224,7 +255,7 @@ def test_state_round_trips_and_ignores_values_that_no_longer_fit():
     again = SessionModel()
     again.restore_state(state)
     assert again.state() == state and again.size_preset == "16:9"
-    broken = dict(state, mode="inpaint", steps_c="many", width="wide")
+    broken = dict(state, mode="sketch", steps_c="many", width="wide")
     third = SessionModel()
     third.restore_state(broken)
     assert (third.mode, third.steps_c, third.width, third.variant) == ("text", 20, 1024, "full")

@@ -26,6 +26,7 @@ class FakeService(QObject):
 
     job_queued = Signal(int, object)
     job_started = Signal(int)
+    job_note = Signal(int, str)
     progress = Signal(int, str, int, int)
     preview = Signal(int, object)
     image_ready = Signal(int, str)
@@ -119,12 +120,12 @@ def test_window_opens_with_view_docks_menus_and_a_service_started_after_show(qtb
     with qtbot.waitSignal(window.service_started):
         window.show()
     assert window.service is FakeService.made[0] and window.service.config.demo is True
-    assert isinstance(window.centralWidget(), ImageView)
+    assert window.centralWidget() is window.tabs and window.tabs.widget(1) is window.view
     docks = {d.objectName(): d.widget() for d in window.findChildren(QDockWidget)}
     assert docks["prompt_dock"] is window.prompt_panel
     assert docks["queue_dock"] is window.queue_panel and docks["gallery_dock"] is window.gallery
     menus = [a.text().replace("&", "") for a in window.menuBar().actions()]
-    assert menus == ["File", "Edit", "View", "Generate", "Help"]
+    assert menus == ["File", "Edit", "View", "Canvas", "Generate", "Help"]
     assert window.demo_label.isVisible() and window.demo_label.text() == DEMO_NOTICE
     window.close()
     assert window.service is None and FakeService.made[0].calls[-1] == "shutdown"
@@ -378,9 +379,11 @@ def test_cancel_actions_reach_the_service_from_anywhere_in_the_window(qtbot, win
     qtbot.waitUntil(lambda: QApplication.focusWidget() is target)
     ctrl, alt, shift = (Qt.KeyboardModifier.ControlModifier, Qt.KeyboardModifier.AltModifier,
                         Qt.KeyboardModifier.ShiftModifier)  # fmt: skip
-    for modifiers, call in ((ctrl, "cancel 1"), (ctrl | alt, "cancel_all_but_current"), (ctrl | shift, "cancel_all")):
+    period, backspace = Qt.Key.Key_Period, Qt.Key.Key_Backspace  # cancel all: Ctrl+Shift+Backspace
+    for key, modifiers, call in ((period, ctrl, "cancel 1"), (period, ctrl | alt, "cancel_all_but_current"),
+                                 (backspace, ctrl | shift, "cancel_all")):  # fmt: skip
         assert all(a.isEnabled() for a in window.cancel_actions)
-        qtbot.keyClick(target, Qt.Key.Key_Period, modifiers)
+        qtbot.keyClick(target, key, modifiers)
         assert window.service.calls[-1] == call
 
 

@@ -73,6 +73,7 @@ class Document(QObject):
     mask_changed = Signal(QRect)
     candidates_changed = Signal()
     path_changed = Signal(str)
+    extended = Signal(object)  # masks.Extension: the canvas was just extended (after image_changed)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -157,6 +158,7 @@ class Document(QObject):
         self._finish_stroke_if_any()
         self.clear_candidates()
         self.undo_stack.push(_CanvasChange(self, image, mask, "Extend canvas"))
+        self.extended.emit(ext)
         return ext
 
     # --- mask edits (undoable) ---------------------------------------------------------------------------

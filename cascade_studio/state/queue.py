@@ -43,6 +43,7 @@ class Job:
     error_kind: str = ""
     preview: np.ndarray | None = None  # the running job's latest Stage C preview
     paths: list[str] = field(default_factory=list)
+    note: str = ""  # how the job runs, from the worker ("inpainting by latent blending (…)")
 
     @property
     def summary(self) -> str:
@@ -58,11 +59,13 @@ class Job:
         if self.state == RUNNING:
             done = [f"{STAGE_NAMES[s][-1]} {self.progress[s][0]}/{self.progress[s][1]}" for s in STAGES
                     if s in self.progress]  # fmt: skip
-            return "running" + (f" · {', '.join(done)}" if done else " · starting")
+            note = f" · {self.note}" if self.note else ""
+            return "running" + note + (f" · {', '.join(done)}" if done else " · starting")
         if self.state == FAILED:
             return f"failed: {_first_sentence(self.error)}" if self.error else "failed"
         if self.state == DONE:
-            return f"done · {len(self.paths)} image{'s' if len(self.paths) != 1 else ''}"
+            note = f" · {self.note}" if self.note else ""
+            return f"done · {len(self.paths)} image{'s' if len(self.paths) != 1 else ''}{note}"
         return self.state
 
 
@@ -163,6 +166,13 @@ class QueueModel(QAbstractListModel):
         job.state = RUNNING
         self._changed(job)
         self._set_running(job_id)
+
+    @Slot(int, str)
+    def on_job_note(self, job_id: int, note: str) -> None:
+        job = self.job(job_id)
+        if job is not None:
+            job.note = note
+            self._changed(job)
 
     @Slot(int, str, int, int)
     def on_progress(self, job_id: int, stage: str, step: int, total: int) -> None:

@@ -17,9 +17,14 @@ from PySide6.QtCore import QObject, Signal
 
 from ..core.geometry import snap_size
 from ..core.request import (
+    CONTEXTS,
+    MASK_MODES,
+    MAX_MASK_PIXELS,
     MAX_SEED,
+    METHODS,
     MODES,
     SAMPLERS,
+    SOURCE_MODES,
     STAGE_B_DEFAULTS,
     STAGE_C_DEFAULTS,
     VARIANTS,
@@ -46,6 +51,12 @@ RANDOM_SEED_BELOW = 2**31  # as the CLI: short enough to read out and type back
 MAX_BATCH = 16
 MAX_COUNT = 999
 MAX_STEPS = 1000
+MAX_PADDING = 1024
+MAX_GROW = 256
+#: the outpaint extents (left, top, right, bottom) a switch to outpaint mode starts from
+DEFAULT_OUTPAINT = (0, 0, 256, 0)
+#: where canny and upscale take their picture from: the canvas, or the source image file
+INPUTS = ("canvas", "file")
 
 
 def random_seed() -> int:
@@ -77,6 +88,15 @@ def _float_range(low: float, high: float) -> Callable[[Any], float]:
         return float(min(high, max(low, value)))
 
     return convert
+
+
+def _sides(value: Any) -> tuple[int, int, int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ValueError(f"must be four integers (left, top, right, bottom) or None (got {value!r})")
+    clamp = _int_range(0, 4096)
+    return tuple(clamp(v) for v in value)  # type: ignore[return-value]
 
 
 def _str(value: Any) -> str:
@@ -136,6 +156,16 @@ class SessionModel(QObject):
     mode_changed = Signal(str)
     strength_changed = Signal(float)
     source_image_changed = Signal(str)  # "" when none
+    mask_image_changed = Signal(str)  # "" when none (the window fills it from the canvas at Generate)
+    control_image_changed = Signal(str)  # "" when none
+    control_strength_changed = Signal(float)
+    mask_grow_changed = Signal(int)
+    mask_feather_changed = Signal(int)
+    context_changed = Signal(str)
+    context_padding_changed = Signal(int)
+    outpaint_changed = Signal(object)  # (left, top, right, bottom) or None (None unless mode is outpaint)
+    method_changed = Signal(str)
+    input_changed = Signal(str)  # canny/upscale: "canvas" or "file"
     history_changed = Signal()  # the history or the position in it changed (enable previous/next)
 
     prompt = _Field("", _str)
@@ -155,11 +185,23 @@ class SessionModel(QObject):
     mode = _Field("text", _choice(MODES))
     strength = _Field(0.8, _float_range(0.01, 1.0))
     source_image = _Field("", _str)
+    mask_image = _Field("", _str)
+    control_image = _Field("", _str)
+    control_strength = _Field(1.0, _float_range(0.0, 2.0))
+    mask_grow = _Field(0, _int_range(-MAX_GROW, MAX_GROW))
+    mask_feather = _Field(16, _int_range(0, MAX_MASK_PIXELS))
+    context = _Field("image", _choice(CONTEXTS))
+    context_padding = _Field(64, _int_range(0, MAX_PADDING))
+    outpaint = _Field(None, _sides)
+    method = _Field("auto", _choice(METHODS))
+    input = _Field("canvas", _choice(INPUTS))
 
     #: fields saved between runs by state()/restore_state() (the size is saved as width/height)
     STATE_FIELDS = (
         "prompt", "negative", "seed", "seed_policy", "batch_size", "count", "steps_c", "cfg_c", "shift",
-        "steps_b", "cfg_b", "shift_b", "sampler", "variant", "mode", "strength", "source_image",
+        "steps_b", "cfg_b", "shift_b", "sampler", "variant", "mode", "strength", "source_image", "mask_image",
+        "control_image", "control_strength", "mask_grow", "mask_feather", "context", "context_padding", "outpaint",
+        "method", "input",
     )  # fmt: skip
 
     def __init__(self, settings: Settings | None = None, parent: QObject | None = None):
@@ -172,6 +214,22 @@ class SessionModel(QObject):
         self._history: list[dict[str, str]] = settings.prompt_history if settings is not None else []
         self._history_pos: int | None = None  # index into the history while browsing it
         self._draft: dict[str, str] | None = None  # what was typed before browsing started
+        self._mode = self.mode
+        self.mode_changed.connect(self._on_mode_changed)
+
+    def _on_mode_changed(self, mode: str) -> None:
+        """Outpaint extents exist only in outpaint mode; inpaint and outpaint start at strength 1 (the
+        reference's), and latent blending is offered only for them."""
+        previous, self._mode = self._mode, mode
+        if mode == "outpaint":
+            if self.outpaint is None:
+                self.outpaint = DEFAULT_OUTPAINT
+        else:
+            self.outpaint = None
+        if mode in MASK_MODES and previous not in MASK_MODES:
+            self.strength = 1.0
+        if mode not in MASK_MODES and self.method == "latent_blend":
+            self.method = "auto"
 
     # -- size ------------------------------------------------------------------------------------------
 
@@ -233,20 +291,33 @@ class SessionModel(QObject):
     # -- source image ----------------------------------------------------------------------------------
 
     def use_source_image(self, path: str) -> None:
-        """An image chosen as source (dropped, opened, or from the gallery): text mode becomes image-to-image."""
-        self.source_image = str(path)
+        """An image chosen as source (dropped, opened, or from the gallery): text mode becomes image-to-image;
+        in canny mode it becomes the control image. Canny and upscale then read that file, not the canvas."""
+        if self.mode == "canny":
+            self.control_image = str(path)
+        else:
+            self.source_image = str(path)
         if self.mode == "text":
             self.mode = "img2img"
+        if self.mode in ("canny", "upscale"):
+            self.input = "file"
+
+    @property
+    def chosen_image(self) -> str:
+        """The picture file the panel shows for this mode: the control image in canny mode, else the source."""
+        return self.control_image if self.mode == "canny" else self.source_image
 
     def new_random_seed(self) -> None:
         self.seed = random_seed()
 
     # -- requests --------------------------------------------------------------------------------------
 
-    def request(self, seed: int | None = None) -> GenerationRequest:
-        """The request the panel describes now (not validated)."""
-        uses_source = self.mode in ("variation", "img2img")
-        return GenerationRequest(
+    def request(self, seed: int | None = None, **inputs: Any) -> GenerationRequest:
+        """The request the panel describes now (not validated). `inputs` replace request fields the window
+        supplies itself (the canvas's saved image and mask, the outpaint extension, an upscale's size)."""
+        mode = self.mode
+        outpaint = self.outpaint if mode == "outpaint" else None
+        request = GenerationRequest(
             prompt=self.prompt,
             negative_prompt=self.negative,
             seed=self.seed if seed is None else seed,
@@ -256,13 +327,23 @@ class SessionModel(QObject):
             stage_c=StageSettings(self.steps_c, self.cfg_c, self.shift),
             stage_b=StageSettings(self.steps_b, self.cfg_b, self.shift_b),
             variant=self.variant,
-            mode=self.mode,
-            source_image=(self.source_image or None) if uses_source else None,
+            mode=mode,
+            source_image=(self.source_image or None) if mode in SOURCE_MODES else None,
             strength=self.strength,
             sampler=self.sampler,
+            mask_image=(self.mask_image or None) if mode in MASK_MODES else None,
+            control_image=(self.control_image or None) if mode == "canny" else None,
+            control_strength=self.control_strength,
+            mask_grow=self.mask_grow,
+            mask_feather=self.mask_feather,
+            context=self.context,
+            context_padding=self.context_padding,
+            outpaint=outpaint,
+            method=self.method,
         )
+        return request.with_(**inputs) if inputs else request
 
-    def requests(self) -> list[GenerationRequest]:
+    def requests(self, **inputs: Any) -> list[GenerationRequest]:
         """The `count` requests of one Generate press; raises ValueError (naming the fields) when invalid.
 
         Seeds: random gives each job a new seed (the seed field then shows the first); fixed gives job j the
@@ -274,7 +355,7 @@ class SessionModel(QObject):
             seeds = [random_seed() for _ in range(self.count)]
         else:
             seeds = [self.seed + j * step for j in range(self.count)]
-        jobs = [self.request(seed).validate() for seed in seeds]
+        jobs = [self.request(seed, **inputs).validate() for seed in seeds]
         if self.seed_policy == "random":
             self.seed = seeds[0]
         elif self.seed_policy == "increment":
@@ -298,7 +379,19 @@ class SessionModel(QObject):
         self.variant = request.variant
         self.strength = request.strength
         self.source_image = request.source_image or ""
+        self.mask_image = request.mask_image or ""
+        self.control_image = request.control_image or ""
+        self.control_strength = request.control_strength
+        self.mask_grow = request.mask_grow
+        self.mask_feather = request.mask_feather
+        self.context = request.context
+        self.context_padding = request.context_padding
+        self.method = request.method
         self.mode = request.mode
+        self.strength = request.strength  # after the mode: entering inpaint/outpaint resets it to 1
+        self.outpaint = request.outpaint  # after the mode, which clears or defaults it
+        if request.mode in ("canny", "upscale"):  # a recalled picture comes from its file, not the canvas
+            self.input = "file" if (request.control_image or request.source_image) else self.input
         self.history_changed.emit()
 
     # -- persistence between runs ----------------------------------------------------------------------

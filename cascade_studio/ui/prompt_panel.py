@@ -15,6 +15,7 @@ from PySide6.QtCore import QMetaObject, QObject, QRegularExpression, QSize, Qt, 
 from PySide6.QtGui import QAction, QImageReader, QKeySequence, QPixmap, QRegularExpressionValidator
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -36,10 +37,33 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.geometry import MAX_SIZE, MIN_SIZE, SIZE_STEP
-from ..core.request import MAX_SEED
-from ..state.session import CUSTOM, MAX_BATCH, MAX_COUNT, MAX_STEPS, SIZE_PRESETS, SessionModel
+from ..core.request import MASK_MODES, MAX_MASK_PIXELS, MAX_SEED, STRENGTH_MODES
+from ..state.session import (
+    CUSTOM,
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_GROW,
+    MAX_PADDING,
+    MAX_STEPS,
+    SIZE_PRESETS,
+    SessionModel,
+)
 
-MODE_LABELS = {"text": "Text to image", "variation": "Image variation", "img2img": "Image to image"}
+MODE_LABELS = {
+    "text": "Text to image",
+    "variation": "Image variation",
+    "img2img": "Image to image",
+    "inpaint": "Inpaint (canvas mask)",
+    "outpaint": "Outpaint (extend the canvas)",
+    "canny": "Canny edges",
+    "upscale": "Upscale ×2",
+}
+CONTEXT_LABELS = {"image": "Whole image", "mask": "Masked area + padding"}
+METHOD_LABELS = {"auto": "Auto", "controlnet": "Inpainting ControlNet", "latent_blend": "Latent blending"}
+INPUT_LABELS = {"canvas": "The canvas", "file": "An image file"}
+SIDES = ("left", "top", "right", "bottom")
+CONTROL_MODES = ("inpaint", "outpaint", "canny", "upscale")
+HINT_COLOUR = "#9aa0a6"  # explanations (the theme's "note" colour is for warnings)
 SEED_LABELS = {"random": "Random", "fixed": "Fixed", "increment": "Increment"}
 VARIANT_LABELS = {"lite": "Lite (1B, ≤ 16 GB VRAM)", "full": "Full (3.6B)"}
 SAMPLER_LABELS = {"ddpm": "DDPM", "ddim": "DDIM"}
@@ -157,6 +181,9 @@ class PromptPanel(QWidget):
     """Every generation setting, bound to `session`. Ctrl+Enter (the `generate_action`) asks to generate."""
 
     generate_requested = Signal()
+    extend_requested = Signal()  # extend the canvas now by the outpaint extents
+    effective_mask_toggled = Signal(bool)  # show what an inpaint/outpaint job will repaint on the canvas
+    edges_toggled = Signal(bool)  # show the canny edge layer on the canvas
 
     def __init__(self, session: SessionModel, parent: QWidget | None = None):
         super().__init__(parent)
@@ -185,6 +212,8 @@ class PromptPanel(QWidget):
         self.source_clear = QToolButton(text="✕", toolTip="Forget the source image")
         self.strength_spin = _double(0.01, 1.0, 0.05)
         self.strength_spin.setToolTip("How much of the source image is replaced: 1 keeps only its composition")
+
+        self._make_canvas_widgets()
 
         self.preset_combo = QComboBox()
         for key, (w, h) in SIZE_PRESETS.items():
@@ -226,8 +255,80 @@ class PromptPanel(QWidget):
         self.swap_button.clicked.connect(lambda: self._session and self._session.swap_size())
         self.dice_button.clicked.connect(lambda: self._session and self._session.new_random_seed())
         self.source_button.clicked.connect(self.choose_source_image)
-        self.source_clear.clicked.connect(lambda: self._session and setattr(self._session, "source_image", ""))
+        self.source_clear.clicked.connect(self._forget_source)
         self.session = session
+
+    def _make_canvas_widgets(self) -> None:
+        """The settings of the canvas modes: inpaint, outpaint, canny, upscale."""
+        self.canvas_note = QLabel(wordWrap=True)
+        self.canvas_note.setStyleSheet(f"color: {HINT_COLOUR};")
+        self.input_combo = _combo(INPUT_LABELS)
+        self.input_combo.setToolTip("Canny and upscale read the canvas image, or the chosen image file")
+        self.control_strength_spin = _double(0.0, 2.0, 0.05)
+        self.control_strength_spin.setToolTip("How strongly the ControlNet steers the picture (1 = as trained)")
+        self.grow_spin = _spin(-MAX_GROW, MAX_GROW)
+        self.grow_spin.setSuffix(" px")
+        self.grow_spin.setToolTip("Grow (or, negative, shrink) the painted mask before use")
+        self.feather_spin = _spin(0, MAX_MASK_PIXELS)
+        self.feather_spin.setSuffix(" px")
+        self.feather_spin.setToolTip("Width of the soft transition band outside the mask; beyond it every pixel "
+                                     "stays exactly as it was")  # fmt: skip
+        self.context_combo = _combo(CONTEXT_LABELS)
+        self.context_combo.setToolTip("Generate the whole image, or only the masked area plus padding (more "
+                                      "detail for small masks; the result is pasted back)")  # fmt: skip
+        self.padding_spin = _spin(0, MAX_PADDING, 16)
+        self.padding_spin.setSuffix(" px")
+        self.padding_spin.setToolTip("Context around the masked area")
+        self.method_combo = _combo(METHOD_LABELS)
+        self.method_combo.setToolTip("Auto: the inpainting ControlNet where it fits the Stage C (the full 3.6B "
+                                     "one), latent blending otherwise (the lite one)")  # fmt: skip
+        self.side_spins = {}
+        for side in SIDES:
+            spin = _spin(0, 4096, 128)
+            spin.setSuffix(" px")
+            spin.setToolTip(f"Pixels added on the {side}")
+            self.side_spins[side] = spin
+        self.outpaint_note = QLabel("Each growing axis is rounded up to the 128 px grid.", wordWrap=True)
+        self.outpaint_note.setStyleSheet(f"color: {HINT_COLOUR};")
+        self.extend_button = QPushButton("Extend canvas now")
+        self.extend_button.setToolTip("Add these margins to the canvas now (undoable); Generate then fills them")
+        self.extend_button.clicked.connect(self.extend_requested)
+        self.show_mask_check = QCheckBox("Show effective mask")
+        self.show_mask_check.setToolTip("Overlay what the job will repaint (after grow) and the context box")
+        self.show_mask_check.toggled.connect(self.effective_mask_toggled)
+        self.show_edges_check = QCheckBox("Show edges")
+        self.show_edges_check.setToolTip("Overlay the canny edges the ControlNet will follow")
+        self.show_edges_check.toggled.connect(self.edges_toggled)
+
+        self.canvas_box = QGroupBox("Canvas")
+        form = QFormLayout(self.canvas_box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow(self.canvas_note)
+        self.input_label = QLabel("Picture")
+        form.addRow(self.input_label, self.input_combo)
+        self.control_strength_label = QLabel("Control")
+        form.addRow(self.control_strength_label, self.control_strength_spin)
+        self.grow_label, self.feather_label = QLabel("Grow mask"), QLabel("Band")
+        form.addRow(self.grow_label, self.grow_spin)
+        form.addRow(self.feather_label, self.feather_spin)
+        self.context_label, self.padding_label = QLabel("Context"), QLabel("Padding")
+        form.addRow(self.context_label, self.context_combo)
+        form.addRow(self.padding_label, self.padding_spin)
+        self.method_label = QLabel("Method")
+        form.addRow(self.method_label, self.method_combo)
+        sides = QGridLayout()
+        for i, side in enumerate(SIDES):
+            sides.addWidget(QLabel(side.capitalize()), i // 2, (i % 2) * 2)
+            sides.addWidget(self.side_spins[side], i // 2, (i % 2) * 2 + 1)
+        self.outpaint_box = QWidget()
+        box = QVBoxLayout(self.outpaint_box)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addLayout(sides)
+        box.addWidget(self.outpaint_note)
+        box.addWidget(self.extend_button)
+        form.addRow(self.outpaint_box)
+        form.addRow(self.show_mask_check)
+        form.addRow(self.show_edges_check)
 
     def _layout(self) -> None:
         history = QHBoxLayout()
@@ -272,7 +373,9 @@ class PromptPanel(QWidget):
         form.addRow(self.source_box)
         self.strength_label = QLabel("Strength")
         form.addRow(self.strength_label, self.strength_spin)
-        form.addRow("Size", self.preset_combo)
+        form.addRow(self.canvas_box)
+        self.size_label = QLabel("Size")
+        form.addRow(self.size_label, self.preset_combo)
         form.addRow("", size)
         form.addRow(self.size_note)
         form.addRow("Seed", seed)
@@ -342,14 +445,28 @@ class PromptPanel(QWidget):
         c += bind_spin(m, "cfg_b", self.cfg_b_spin)
         c += bind_combo(m, "sampler", self.sampler_combo)
         c += bind_combo(m, "variant", self.variant_combo)
+        c += bind_combo(m, "input", self.input_combo)
+        c += bind_spin(m, "control_strength", self.control_strength_spin)
+        c += bind_spin(m, "mask_grow", self.grow_spin)
+        c += bind_spin(m, "mask_feather", self.feather_spin)
+        c += bind_combo(m, "context", self.context_combo)
+        c += bind_spin(m, "context_padding", self.padding_spin)
+        c += bind_combo(m, "method", self.method_combo)
+        for i, side in enumerate(SIDES):
+            c.append(self.side_spins[side].valueChanged.connect(lambda value, i=i: self._set_side(i, value)))
+        c.append(m.outpaint_changed.connect(self._show_outpaint))
+        c.append(m.context_changed.connect(lambda _: self._show_mode(m.mode)))
+        c.append(m.input_changed.connect(lambda _: self._show_mode(m.mode)))
+        c.append(m.control_image_changed.connect(lambda _: self._show_source(m.chosen_image)))
+        self._show_outpaint(m.outpaint)
         # one-way: what the model says about itself
         c.append(m.size_note_changed.connect(self._show_size_note))
         c.append(m.mode_changed.connect(self._show_mode))
-        c.append(m.source_image_changed.connect(self._show_source))
+        c.append(m.source_image_changed.connect(lambda _: self._show_source(m.chosen_image)))
         c.append(m.history_changed.connect(self._show_history))
         self._show_size_note(m.size_note)
         self._show_mode(m.mode)
-        self._show_source(m.source_image)
+        self._show_source(m.chosen_image)
         self._show_history()
 
     def _seed(self) -> int | None:
@@ -360,10 +477,58 @@ class PromptPanel(QWidget):
         self.size_note.setText(note)
         self.size_note.setVisible(bool(note))
 
+    def _set_side(self, index: int, value: int) -> None:
+        session = self._session
+        if session is None or session.outpaint is None:
+            return
+        sides = list(session.outpaint)
+        sides[index] = value
+        session.outpaint = tuple(sides)
+
+    def _show_outpaint(self, sides) -> None:
+        for side, value in zip(SIDES, sides or (0, 0, 0, 0), strict=True):
+            spin = self.side_spins[side]
+            if spin.value() != value:
+                spin.blockSignals(True)
+                spin.setValue(value)
+                spin.blockSignals(False)
+
     def _show_mode(self, mode: str) -> None:
-        self.source_box.setVisible(mode != "text")
-        self.strength_label.setVisible(mode == "img2img")
-        self.strength_spin.setVisible(mode == "img2img")
+        session = self._session
+        from_file = session is not None and session.input == "file"
+        masked = mode in MASK_MODES
+        self.source_box.setVisible(mode in ("variation", "img2img") or (mode in ("canny", "upscale") and from_file))
+        self.strength_label.setVisible(mode in STRENGTH_MODES)
+        self.strength_spin.setVisible(mode in STRENGTH_MODES)
+        self.canvas_box.setVisible(mode in CONTROL_MODES)
+        self.canvas_box.setTitle(MODE_LABELS.get(mode, "Canvas").split(" (")[0])
+        notes = {
+            "inpaint": "Paint the area to repaint on the canvas. Results arrive there as candidates.",
+            "outpaint": "Set the margins (or extend the canvas first); the new area is generated. Results "
+                        "arrive on the canvas as candidates.",
+            "canny": "The picture's edges guide a new image.",
+            "upscale": "Twice the width and height of the picture.",
+        }  # fmt: skip
+        self.canvas_note.setText(notes.get(mode, ""))
+        for widget in (self.input_label, self.input_combo):
+            widget.setVisible(mode in ("canny", "upscale"))
+        for widget in (self.grow_label, self.grow_spin, self.feather_label, self.feather_spin, self.context_label,
+                       self.context_combo, self.method_label, self.method_combo, self.show_mask_check):  # fmt: skip
+            widget.setVisible(masked)
+        show_padding = masked and session is not None and session.context == "mask"
+        self.padding_label.setVisible(show_padding)
+        self.padding_spin.setVisible(show_padding)
+        self.outpaint_box.setVisible(mode == "outpaint")
+        self.show_edges_check.setVisible(mode == "canny")
+        for widget in (self.size_label, self.preset_combo, self.width_spin, self.height_spin, self.swap_button):
+            widget.setVisible(mode != "upscale")
+        self.size_label.setText("Pixels" if masked else "Size")
+        self.size_label.setToolTip("The generation's pixel count: the engine keeps the canvas's aspect" if masked
+                                   else "")  # fmt: skip
+        if mode not in MASK_MODES and self.show_mask_check.isChecked():
+            self.show_mask_check.setChecked(False)
+        if mode != "canny" and self.show_edges_check.isChecked():
+            self.show_edges_check.setChecked(False)
 
     def _show_source(self, path: str) -> None:
         if not path:
@@ -385,6 +550,10 @@ class PromptPanel(QWidget):
             self.source_label.setText(f"{Path(path).name} (cannot be read)")
         else:
             self.source_thumb.setPixmap(QPixmap.fromImage(image))
+
+    def _forget_source(self) -> None:
+        if self._session is not None:
+            setattr(self._session, "control_image" if self._session.mode == "canny" else "source_image", "")
 
     def _show_history(self) -> None:
         self.previous_button.setEnabled(self._session.can_go_previous)
@@ -410,7 +579,8 @@ class PromptPanel(QWidget):
         self._session.use_source_image(str(path))
 
     def choose_source_image(self) -> None:
-        start = str(Path(self._session.source_image).parent) if self._session.source_image else ""
+        chosen = self._session.chosen_image
+        start = str(Path(chosen).parent) if chosen else ""
         path, _ = QFileDialog.getOpenFileName(self, "Source image", start, IMAGE_FILTER)
         if path:
             self.set_source_image(path)

@@ -76,7 +76,8 @@ class QueuePanel(QWidget):
             return act
 
         self.cancel_current_action = action("Cancel current", "Ctrl+.", self.cancel_current)
-        self.cancel_all_action = action("Cancel all", "Ctrl+Shift+.", self.cancel_all)
+        # Not Ctrl+Shift+.: on most layouts Shift+. types another key, so that shortcut would never fire.
+        self.cancel_all_action = action("Cancel all", "Ctrl+Shift+Backspace", self.cancel_all)
         self.cancel_others_action = action("Cancel all but current", "Ctrl+Alt+.", self.cancel_all_but_current)
         self.remove_pending_action = action("Remove selected pending", "Delete", self.remove_selected_pending)
 
@@ -134,6 +135,8 @@ class QueuePanel(QWidget):
                 (service.job_finished, m.on_job_finished),
                 (service.status_changed, self.status_label.setText),
             ]
+            if hasattr(service, "job_note"):  # how a masked/ControlNet job runs
+                self._connections.append((service.job_note, m.on_job_note))
             for signal, slot in self._connections:
                 signal.connect(slot)
         self._update_buttons()
