@@ -358,9 +358,9 @@ def test_paste_save_export_and_open(canvas, tmp_path):
     image[:, :, 0] = np.arange(96)
     image[:, :, 1] = 200
     qimage = QImage(image.data, 96, 64, 96 * 3, QImage.Format.Format_RGB888).copy()
-    data = QMimeData()
-    data.setImageData(qimage)
-    QGuiApplication.clipboard().setMimeData(data)
+    # setImage, not setMimeData(QMimeData()): the clipboard takes ownership of mime data made in Python, and
+    # PySide then deletes it a second time at exit (a segfault after the tests pass).
+    QGuiApplication.clipboard().setImage(qimage)
     assert canvas.paste()
     doc = canvas.document
     np.testing.assert_array_equal(doc.image_array(), image)

@@ -55,6 +55,9 @@ class FakeService(QObject):
         self.job_queued.emit(len(self.submitted), request)
         return len(self.submitted)
 
+    def warm_up(self):
+        self.calls.append("warm_up")
+
     def current_job(self):
         return None
 
@@ -127,6 +130,7 @@ def test_window_opens_with_view_docks_menus_and_a_service_started_after_show(qtb
     menus = [a.text().replace("&", "") for a in window.menuBar().actions()]
     assert menus == ["File", "Edit", "View", "Canvas", "Generate", "Help"]
     assert window.demo_label.isVisible() and window.demo_label.text() == DEMO_NOTICE
+    qtbot.waitUntil(lambda: "warm_up" in window.service.calls)  # torch loads once the window has painted
     window.close()
     assert window.service is None and FakeService.made[0].calls[-1] == "shutdown"
 

@@ -132,6 +132,7 @@ class MainWindow(QMainWindow):
         self.service: Any = None
         self._service_factory = service_factory or default_service_factory
         self._service_requested = False
+        self._painted = False
         self._waiting: list[GenerationRequest] = []  # pressed Generate before the service was up
         self._job_variants: dict[int, str] = {}
         self._model_manager = None
@@ -420,7 +421,20 @@ class MainWindow(QMainWindow):
         super().showEvent(event)
         if not self._service_requested:
             self._service_requested = True
-            QTimer.singleShot(0, self.start_service)  # after the first paint: torch loads on its own thread
+            QTimer.singleShot(0, self.start_service)  # creates the thread; torch loads there after the first paint
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().paintEvent(event)
+        if not self._painted:
+            self._painted = True
+            if self.service is not None:
+                QTimer.singleShot(0, self._warm_up)
+
+    def _warm_up(self) -> None:
+        # Once the window has painted, import torch and pick the device on the GPU thread rather than when the
+        # first job comes: those imports hold Python's global lock for up to half a second (docs/benchmarks.md).
+        if self.service is not None:
+            self.service.warm_up()
 
     def start_service(self) -> None:
         if self.service is not None:
@@ -438,11 +452,12 @@ class MainWindow(QMainWindow):
         service.job_queued.connect(lambda job_id, request: self._job_variants.__setitem__(job_id, request.variant))
         service.job_finished.connect(lambda job_id, outcome: self._job_variants.pop(job_id, None))
         service.status_changed.connect(self.service_label.setText)
-        if hasattr(service, "job_note"):
-            service.job_note.connect(self._job_note)
+        service.job_note.connect(self._job_note)
         service.job_finished.connect(self._job_finished)
         self.queue_panel.set_service(service)
         self.service_label.setText("GPU worker ready")
+        if self._painted:
+            self._warm_up()
         self.service_started.emit(service)
         waiting, self._waiting = self._waiting, []
         waiting_canvas, self._waiting_canvas = self._waiting_canvas, {}
