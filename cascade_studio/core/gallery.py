@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from .geometry import snap_size
-from .metadata import png_text_chunks, read_metadata, save_png_atomic
+from .metadata import fsync_directory, png_text_chunks, read_metadata, save_png_atomic
 from .request import MAX_SEED, GenerationRequest
 
 HIDDEN_DIR = ".cascade-studio"
@@ -344,7 +344,7 @@ class GalleryIndex:
                 if path.exists():
                     continue
                 os.replace(staging, path)
-            _fsync_directory(self.folder)
+            fsync_directory(self.folder)
             return path
         raise FileExistsError(f"no free file name for {stem}.png in {self.folder}")
 
@@ -725,17 +725,3 @@ def _parse_journal_line(line: bytes) -> tuple[str, int, str | None] | None:
 
 def _with_culling(entry: Entry, culling: tuple[int, str | None]) -> Entry:
     return replace(entry, rating=culling[0], flag=culling[1])
-
-
-def _fsync_directory(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)

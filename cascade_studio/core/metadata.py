@@ -140,11 +140,11 @@ def save_png_atomic(path: str | os.PathLike[str], image: Image.Image, texts: Map
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return path
 
 
-def _fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
     # Makes the rename itself durable on POSIX; Windows cannot open folders this way and needs no such step.
     if os.name != "posix":
         return
