@@ -391,7 +391,7 @@ class BrushSettings(QObject):
     settings_changed = Signal(str)
 
     DEFAULTS = {
-        "tool": "brush",  # brush | eraser | rectangle | lasso
+        "tool": "brush",  # brush | eraser | rectangle | lasso | frame
         "size": 64.0,  # px (diameter)
         "hardness": 0.7,  # 0 = soft falloff from the centre, 1 = hard edge
         "opacity": 1.0,  # the strongest mask value a dab lays down

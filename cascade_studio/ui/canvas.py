@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, QSettings, Qt, Signal
+from PySide6.QtCore import QEvent, QPoint, QPointF, QRect, QRectF, QSettings, Qt, Signal
 from PySide6.QtGui import (
     QAction,
     QColor,
@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
     QGraphicsPixmapItem,
     QGraphicsRectItem,
     QGraphicsScene,
+    QGraphicsSimpleTextItem,
     QGraphicsView,
     QMessageBox,
     QVBoxLayout,
@@ -48,6 +49,32 @@ WHEEL_STEP = 1.25
 DAB_SPACING = 0.12  # of the diameter, between dabs along a stroke
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
 TABLET_EVENTS = (QEvent.Type.TabletPress, QEvent.Type.TabletMove, QEvent.Type.TabletRelease)
+HANDLE_SIZE = 10  # screen px, the frame tool's handles
+HANDLE_REACH = 9  # screen px from a handle's centre that still grabs it
+FRAME_DEAD_ZONE = 4  # screen px a side must be dragged out before it counts (a click never extends)
+MAX_FRAME_SIDE = 4096  # image px one drag may add to a side (as the Extend canvas dialog allows)
+# The frame tool's handles: (x, y) of each as a fraction of the frame, (0, 0) top-left, (1, 1) bottom-right.
+FRAME_HANDLES = {
+    "top_left": (0, 0),
+    "top": (0.5, 0),
+    "top_right": (1, 0),
+    "right": (1, 0.5),
+    "bottom_right": (1, 1),
+    "bottom": (0.5, 1),
+    "bottom_left": (0, 1),
+    "left": (0, 0.5),
+}
+FRAME_KEYS = (Qt.Key.Key_Escape, Qt.Key.Key_Return, Qt.Key.Key_Enter)
+HANDLE_CURSORS = {
+    "top_left": Qt.CursorShape.SizeFDiagCursor,
+    "bottom_right": Qt.CursorShape.SizeFDiagCursor,
+    "top_right": Qt.CursorShape.SizeBDiagCursor,
+    "bottom_left": Qt.CursorShape.SizeBDiagCursor,
+    "left": Qt.CursorShape.SizeHorCursor,
+    "right": Qt.CursorShape.SizeHorCursor,
+    "top": Qt.CursorShape.SizeVerCursor,
+    "bottom": Qt.CursorShape.SizeVerCursor,
+}
 
 
 def rgb_to_qimage(pixels: np.ndarray) -> QImage:
@@ -115,7 +142,9 @@ class MaskOverlay(QGraphicsItem):
 
 class CanvasView(QGraphicsView):
     """The canvas proper. Mouse: left paints with the current tool, middle (or left while Space is held)
-    pans, the wheel zooms to the cursor. Keys: [ and ] size the brush. Tablet pressure is honoured."""
+    pans, the wheel zooms to the cursor. Keys: [ and ] size the brush. Tablet pressure is honoured.
+    The Frame tool instead drags the canvas edges outward (outpainting): the release, or Return, extends the
+    canvas to the frame, snapped like `Document.extend`, as one undo step; Escape cancels the drag."""
 
     zoom_changed = Signal(float)
     cursor_moved = Signal(int, int)  # image pixel under the pointer
@@ -160,6 +189,25 @@ class CanvasView(QGraphicsView):
         self._context_item = QGraphicsRectItem()
         self._context_item.setPen(QPen(QColor("#33ccff"), 0, Qt.PenStyle.DashLine))
         self._context_item.setVisible(False)
+        # The frame tool: a dashed outline of the canvas-to-be with 8 handles and its size; the handles and the
+        # label keep their screen size at any zoom.
+        self._outpaint_frame = QGraphicsRectItem()
+        self._outpaint_frame.setPen(QPen(QColor("#ffd166"), 0, Qt.PenStyle.DashLine))
+        self._outpaint_frame.setVisible(False)
+        self._handles: dict[str, QGraphicsRectItem] = {}
+        for name in FRAME_HANDLES:
+            half = HANDLE_SIZE / 2
+            handle = QGraphicsRectItem(-half, -half, HANDLE_SIZE, HANDLE_SIZE, self._outpaint_frame)
+            handle.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
+            handle.setPen(QPen(QColor("black"), 1))
+            handle.setBrush(QColor("#ffd166"))
+            self._handles[name] = handle
+        self._frame_label_box = QGraphicsRectItem(self._outpaint_frame)
+        self._frame_label_box.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
+        self._frame_label_box.setPen(QPen(Qt.PenStyle.NoPen))
+        self._frame_label_box.setBrush(QColor(0, 0, 0, 180))
+        self._frame_label = QGraphicsSimpleTextItem(self._frame_label_box)
+        self._frame_label.setBrush(QColor("white"))
         items = (
             self._image_item,
             self._frame,
@@ -168,6 +216,7 @@ class CanvasView(QGraphicsView):
             self._context_item,
             self._shape_item,
             self._cursor_item,
+            self._outpaint_frame,
         )
         for z, item in enumerate(items):
             item.setZValue(z)
@@ -184,12 +233,16 @@ class CanvasView(QGraphicsView):
         self._space_held = False
         self._pan_from = None
         self._fitted = True
+        self._frame_handle: str | None = None  # the frame handle being dragged
+        self._frame_from: QPointF | None = None  # where that drag began (scene)
+        self._frame_sides = (0, 0, 0, 0)  # left, top, right, bottom asked for by the drag (image px, unsnapped)
 
         document.image_changed.connect(self._on_image_changed)
         document.mask_changed.connect(self._overlay.refresh)
         document.mask_changed.connect(self._hide_effective_mask)
         document.image_changed.connect(self._hide_effective_mask)
         document.candidates_changed.connect(self._show_pixels)
+        document.candidates_changed.connect(self._frame_reset)  # a result arriving mid-drag ends the drag
         brush.settings_changed.connect(self._on_brush_changed)
         self._apply_overlay_style()
         self._on_image_changed()
@@ -264,6 +317,7 @@ class CanvasView(QGraphicsView):
         rect = QRectF(0, 0, doc.width, doc.height)
         self._frame.setRect(rect)
         self.scene().setSceneRect(rect.adjusted(-doc.width, -doc.height, doc.width, doc.height))
+        self._frame_reset()
         self._show_pixels()
         if self._fitted:
             self.fit()
@@ -281,6 +335,10 @@ class CanvasView(QGraphicsView):
             self._apply_overlay_style()
         if key in ("size", "tool"):
             self._update_cursor(None)
+        if key == "tool":
+            self._frame_reset()
+            if not self._space_held and not self._panning:
+                self.viewport().setCursor(Qt.CursorShape.CrossCursor)
 
     def _apply_overlay_style(self) -> None:
         self._overlay.set_color(QColor(self.brush.get("mask_color")))
@@ -370,12 +428,109 @@ class CanvasView(QGraphicsView):
         self._shape_points = []
         self._shape_item.setPath(QPainterPath())
 
+    # --- frame (outpainting by dragging the canvas edges) -----------------------------------------------------
+    def frame_shown(self) -> bool:
+        doc = self.document
+        return self.brush.tool == "frame" and not doc.is_empty() and not doc.candidate_count()
+
+    def frame_extension(self) -> masks.Extension:
+        """What the frame shows now, snapped exactly as `Document.extend` will snap it (nothing while not dragged)."""
+        doc = self.document
+        return masks.outpaint_geometry(doc.width, doc.height, *self._frame_sides)
+
+    def frame_dragging(self) -> bool:
+        return self._frame_handle is not None
+
+    def frame_label_text(self) -> str:
+        return self._frame_label.text() if self._outpaint_frame.isVisible() else ""
+
+    def frame_handle_point(self, name: str) -> QPoint:
+        """The viewport pixel at the centre of a frame handle (a key of FRAME_HANDLES)."""
+        point = self.viewportTransform().map(self._handles[name].scenePos())
+        return QPoint(math.floor(point.x()), math.floor(point.y()))
+
+    def _update_frame(self, *_args) -> None:
+        show = self.frame_shown()
+        self._outpaint_frame.setVisible(show)
+        if not show:
+            return
+        ext = self.frame_extension()
+        rect = QRectF(-ext.left, -ext.top, ext.width, ext.height)
+        self._outpaint_frame.setRect(rect)
+        for name, (fx, fy) in FRAME_HANDLES.items():
+            self._handles[name].setPos(rect.left() + fx * rect.width(), rect.top() + fy * rect.height())
+        self._frame_label.setText(frame_size_text(ext))
+        text = self._frame_label.boundingRect()
+        # Inside the frame's top-left corner, clear of its handle, at any zoom (the box keeps its screen size).
+        self._frame_label_box.setRect(QRectF(HANDLE_SIZE, HANDLE_SIZE, text.width() + 12, text.height() + 6))
+        self._frame_label.setPos(HANDLE_SIZE + 6, HANDLE_SIZE + 3)
+        self._frame_label_box.setPos(rect.topLeft())
+
+    def _handle_at(self, viewport_point: QPointF) -> str | None:
+        if not self._outpaint_frame.isVisible():
+            return None
+        best, reach = None, float(HANDLE_REACH)
+        for name, handle in self._handles.items():
+            centre = self.viewportTransform().map(handle.scenePos())
+            distance = max(abs(centre.x() - viewport_point.x()), abs(centre.y() - viewport_point.y()))
+            if distance <= reach:
+                best, reach = name, distance
+        return best
+
+    def _frame_begin(self, pos: QPointF) -> None:
+        handle = self._handle_at(self.viewportTransform().map(pos))
+        if handle is not None:
+            self._frame_handle, self._frame_from = handle, pos
+            self._frame_sides = (0, 0, 0, 0)
+            self._update_frame()
+
+    def _frame_drag(self, pos: QPointF) -> None:
+        """Grow the frame on the dragged handle's sides; dragging back to (or inside) the image cancels a side."""
+        assert self._frame_handle is not None and self._frame_from is not None
+        fx, fy = FRAME_HANDLES[self._frame_handle]
+        dx, dy = pos.x() - self._frame_from.x(), pos.y() - self._frame_from.y()
+        dead = FRAME_DEAD_ZONE / max(self.zoom(), 1e-6)
+
+        def outward(delta: float) -> int:
+            return min(MAX_FRAME_SIDE, round(delta)) if delta > dead else 0
+
+        self._frame_sides = (
+            outward(-dx) if fx == 0 else 0,
+            outward(-dy) if fy == 0 else 0,
+            outward(dx) if fx == 1 else 0,
+            outward(dy) if fy == 1 else 0,
+        )
+        self._update_frame()
+
+    def frame_apply(self) -> masks.Extension | None:
+        """Extend the canvas to the frame (one undo step; the new area is masked). The view keeps showing the
+        same part of the picture unless it is fitted to the window."""
+        sides = self._frame_sides
+        self._frame_reset()
+        if not any(sides):
+            return None
+        centre = self._scene_pos(QPointF(self.viewport().width() / 2, self.viewport().height() / 2), False)
+        ext = self.document.extend(*sides)
+        if not self._fitted:
+            self.centerOn(centre + QPointF(ext.left, ext.top))
+        return ext
+
+    def frame_cancel(self) -> None:
+        self._frame_reset()
+
+    def _frame_reset(self, *_args) -> None:
+        self._frame_handle, self._frame_from = None, None
+        self._frame_sides = (0, 0, 0, 0)
+        self._update_frame()
+
     # --- pointer events -----------------------------------------------------------------------------------
     def _press(self, pos: QPointF, pressure: float, modifiers, eraser_tip: bool = False) -> None:
         if self.document.is_empty() or self.document.candidate_count():
             return
         tool = self.brush.tool
-        if tool in ("brush", "eraser"):
+        if tool == "frame":
+            self._frame_begin(pos)
+        elif tool in ("brush", "eraser"):
             self._stroke_begin(pos, pressure, eraser_tip)
         else:
             self._shape_begin(pos)
@@ -386,6 +541,11 @@ class CanvasView(QGraphicsView):
             self._stroke_to(pos, pressure)
         elif self._shape_origin is not None:
             self._update_shape(pos)
+        elif self._frame_handle is not None:
+            self._frame_drag(pos)
+        elif self.brush.tool == "frame" and not self._space_held:
+            handle = self._handle_at(self.viewportTransform().map(pos))
+            self.viewport().setCursor(HANDLE_CURSORS.get(handle, Qt.CursorShape.ArrowCursor))
         self._update_cursor(pos, pressure)
         self.cursor_moved.emit(math.floor(pos.x()), math.floor(pos.y()))
 
@@ -394,6 +554,9 @@ class CanvasView(QGraphicsView):
             self._stroke_end(pos, pressure)
         elif self._shape_origin is not None:
             self._shape_end(pos, self._shape_erase)
+        elif self._frame_handle is not None:
+            self._frame_drag(pos)
+            self.frame_apply()
 
     def _start_pan(self, event) -> None:
         self._panning = True
@@ -468,9 +631,25 @@ class CanvasView(QGraphicsView):
         super().leaveEvent(event)
 
     # --- keys ----------------------------------------------------------------------------------------------
+    def event(self, event) -> bool:
+        # While a frame is dragged, Return applies it and Escape cancels it, before any shortcut sees them.
+        if (
+            event.type() == QEvent.Type.ShortcutOverride
+            and self._frame_handle is not None
+            and event.key() in FRAME_KEYS
+        ):
+            event.accept()
+            return True
+        return super().event(event)
+
     def keyPressEvent(self, event) -> None:  # noqa: N802
         key = event.key()
-        if key == Qt.Key.Key_BracketLeft:
+        if self._frame_handle is not None and key in FRAME_KEYS:
+            if key == Qt.Key.Key_Escape:
+                self.frame_cancel()
+            else:
+                self.frame_apply()
+        elif key == Qt.Key.Key_BracketLeft:
             self.brush.size = smaller_size(self.brush.size)
         elif key == Qt.Key.Key_BracketRight:
             self.brush.size = larger_size(self.brush.size)
@@ -517,6 +696,14 @@ class CanvasView(QGraphicsView):
         elif data.hasImage():
             self.document.set_image(qimage_to_rgb(QImage(data.imageData())), text="Drop image")
         event.acceptProposedAction()
+
+
+def frame_size_text(ext: masks.Extension) -> str:
+    """ "1280 × 1024 (+256 right)": the canvas size a frame gives and what each side grows by."""
+    sides = (("left", ext.left), ("top", ext.top), ("right", ext.right), ("bottom", ext.bottom))
+    grown = ", ".join(f"+{pixels} {side}" for side, pixels in sides if pixels)
+    size = f"{ext.width} × {ext.height}"
+    return f"{size} ({grown})" if grown else f"{size}: drag a handle outward to extend"
 
 
 def smaller_size(size: float) -> float:
@@ -591,6 +778,7 @@ class CanvasWidget(QWidget):
             ("eraser", "Eraser", "E", lambda: self.brush.set("tool", "eraser")),
             ("rectangle", "Rectangle", "R", lambda: self.brush.set("tool", "rectangle")),
             ("lasso", "Lasso", "L", lambda: self.brush.set("tool", "lasso")),
+            ("frame", "Frame", "F", lambda: self.brush.set("tool", "frame")),
             ("invert", "Invert mask", "Ctrl+I", doc.invert_mask),
             ("clear", "Clear mask", "Ctrl+Shift+Backspace", doc.clear_mask),
             ("next_candidate", "Next candidate", "N", doc.next_candidate),

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 if TYPE_CHECKING:
     from cascade_studio.ui.canvas import CanvasWidget
 
-TOOLS = ("brush", "eraser", "rectangle", "lasso")
+TOOLS = ("brush", "eraser", "rectangle", "lasso", "frame")
 
 
 class CanvasToolBar(QWidget):
@@ -53,6 +53,8 @@ class CanvasToolBar(QWidget):
             action = actions[name]
             action.setCheckable(True)
             action.setChecked(brush.tool == name)
+            if name == "frame":
+                action.setToolTip("Frame (F): drag the canvas edges outward to extend it for outpainting")
             group.addAction(action)
             self._bar.addAction(action)
         self._bar.addSeparator()

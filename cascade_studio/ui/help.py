@@ -31,6 +31,7 @@ EXTRA_KEYS: list[tuple[str, str, str]] = [
     ("Gallery", "Show on the canvas", "Return"),
     ("Gallery", "Compare the two selected images", "C"),
     ("Gallery", "Previous / next image", "Left, Right, Up, Down"),
+    ("Canvas", "Frame tool: apply / cancel the drag", "Return, Escape"),
     ("Image view", "Zoom to the cursor", "Mouse wheel"),
     ("Image view", "Pan", "Drag"),
 ]

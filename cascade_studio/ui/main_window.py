@@ -322,7 +322,8 @@ class MainWindow(QMainWindow):
 
         canvas = bar.addMenu("&Canvas")
         ca = self.canvas.actions_by_name
-        for group in (("undo", "redo"), ("paste",), ("brush", "eraser", "rectangle", "lasso"), ("invert", "clear"),
+        for group in (("undo", "redo"), ("paste",), ("brush", "eraser", "rectangle", "lasso", "frame"),
+                      ("invert", "clear"),
                       ("previous_candidate", "next_candidate", "accept_candidate", "discard_candidate")):  # fmt: skip
             for name in group:
                 canvas.addAction(ca[name])
