@@ -297,6 +297,14 @@ def test_candidates_composite_accept_and_undo(canvas):
     np.testing.assert_array_equal(doc.image_array(), source)
 
 
+def test_the_brush_outline_hides_when_a_candidate_appears(canvas):
+    QTest.mouseMove(canvas.view.viewport(), vp(canvas, 60, 60))
+    outline = canvas.view._cursor_item
+    assert outline.isVisible()
+    canvas.document.add_candidate(np.full_like(canvas.document.image_array(), 5))
+    assert not outline.isVisible()
+
+
 def test_bracket_keys_resize_and_settings_persist(canvas, settings):
     canvas.view.setFocus()
     QTest.keyClick(canvas.view, Qt.Key.Key_BracketRight)

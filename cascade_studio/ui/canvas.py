@@ -326,6 +326,7 @@ class CanvasView(QGraphicsView):
         doc = self.document
         pixels = doc.current_candidate()
         self._overlay.setVisible(pixels is None)  # a candidate is judged on its own, without the mask over it
+        self._update_cursor(None)  # no brush outline over a candidate: painting is off while one is shown
         if pixels is None:
             pixels = doc.image_view()
         self._image_item.setPixmap(QPixmap.fromImage(rgb_to_qimage(pixels)) if pixels.size else QPixmap())
