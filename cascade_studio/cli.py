@@ -167,6 +167,19 @@ def _generate_mode(args: argparse.Namespace) -> tuple[str, str | None, str | Non
     return "text", None, None
 
 
+def _lora_arg(text: str) -> tuple[str, float]:
+    """``NAME`` or ``NAME:WEIGHT`` (a path may hold colons: only a numeric last part is a weight)."""
+    name, sep, weight = text.rpartition(":")
+    if sep:
+        try:
+            return name, float(weight)
+        except ValueError:
+            pass
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a LoRA name is empty")
+    return text, 1.0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import secrets
     import time
@@ -232,6 +245,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             context_padding=args.padding,
             outpaint=args.outpaint,
             method=args.method,
+            loras=tuple(args.lora),
         )
         request.validate()
     except ValueError as exc:
@@ -243,6 +257,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.device import choose_device, choose_dtype, choose_memory
     from .pipeline.generate import Pipeline
     from .pipeline.images import load_image, to_pil
+    from .pipeline.lora import LoraError
     from .pipeline.models import MEMORY_MODES, MissingWeights, ModelSet
 
     inputs = {}
@@ -267,6 +282,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         plan = pipeline.plan(request)
         files = models.check(request.mode, plan.method)
+        from .pipeline.lora import find_lora
+
+        for name, weight in request.all_loras():  # read and check every LoRA file before the first step
+            lora = pipeline.lora_cache.get(find_lora(name, models_dir))
+            print(f"LoRA {lora.name} ({lora.layout} layout) at weight {weight:g}", file=sys.stderr)
     except (MissingWeights, ValueError) as exc:
         print(f"cascade-studio generate: {exc}", file=sys.stderr)
         return 2
@@ -288,6 +308,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 images = pipeline.run(job_request, on_progress=_progress, **inputs)
             except InputError as exc:  # inputs that do not fit together (mask size, empty mask …)
                 return _usage_error(str(exc))
+            except LoraError as exc:  # a LoRA that does not fit this Stage C
+                print(f"cascade-studio generate: {exc}", file=sys.stderr)
+                return 2
             for image in images:
                 stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{image.request.seed}"
                 texts = png_text_chunks(image.request, model_name, __version__)
@@ -443,6 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate on the whole image, or on the masked area plus --padding (pasted back)",
     )
     gen.add_argument("--padding", type=int, default=64, help="context padding in px for --context mask (default 64)")
+    gen.add_argument(
+        "--lora",
+        action="append",
+        type=_lora_arg,
+        default=[],
+        metavar="NAME[:WEIGHT]",
+        help="apply a Stage C LoRA (a .safetensors in <models dir>/lora/, or a path) at WEIGHT (default 1); "
+        "repeatable. <lora:NAME:WEIGHT> in the prompt does the same",
+    )
     gen.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     gen.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="precision (fp16 is refused)")

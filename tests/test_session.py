@@ -165,20 +165,29 @@ def test_apply_request_recalls_every_field(qtbot):
         source_image="/pictures/fox.png",
         strength=0.35,
         sampler="ddim",
+        loras=(("demo-style", 0.8), ("/loras/film.safetensors", -0.25)),
     )
     assert set(request.to_dict()) - {"schema_version"} == {
         "prompt", "negative_prompt", "seed", "width", "height", "batch_size", "stage_c", "stage_b", "variant",
         "mode", "source_image", "strength", "sampler", "mask_image", "control_image", "control_strength",
         "mask_grow", "mask_feather", "context", "context_padding", "outpaint", "method",
+        "loras",
     }, "a new request field needs recalling here too"  # fmt: skip
     session = _session(seed_policy="random", count=2)
     with qtbot.waitSignal(session.prompt_changed):
         session.apply_request(request)
-    assert session.request() == request
+    recalled = session.request()
+    # LoRAs come back as visible prompt tags (no LoRA list in the panel yet): the same LoRAs, nothing hidden
+    assert session.prompt == "a red fox <lora:demo-style:0.8> <lora:/loras/film.safetensors:-0.25>"
+    assert recalled.all_loras() == request.all_loras() and recalled.loras == ()
+    assert recalled.with_(prompt=request.prompt, loras=request.loras) == request
+    session.apply_request(request.with_(loras=(("C:\\loras\\x.safetensors", 0.5),)))  # no tag can hold a colon
+    assert session.loras == (("C:\\loras\\x.safetensors", 0.5),) and session.prompt == "a red fox"
+    session.apply_request(request)
     assert session.seed_policy == "fixed" and session.size_preset == "21:9"
     assert [job.seed for job in session.requests()] == [request.seed, request.seed + 3]
     # every masked-mode field, in each of the new modes
-    masked = request.with_(mode="outpaint", mask_image="/masks/m.png", control_strength=1.4, mask_grow=-6,
+    masked = request.with_(loras=(), mode="outpaint", mask_image="/masks/m.png", control_strength=1.4, mask_grow=-6,
                            mask_feather=24, context="mask", context_padding=96, outpaint=(128, 0, 256, 64),
                            method="latent_blend", strength=0.9)  # fmt: skip
     session.apply_request(masked)
@@ -186,10 +195,12 @@ def test_apply_request_recalls_every_field(qtbot):
     inpaint = masked.with_(mode="inpaint", outpaint=None, method="controlnet", strength=0.7)
     session.apply_request(inpaint)
     assert session.request() == inpaint and session.outpaint is None
-    canny = request.with_(mode="canny", source_image=None, control_image="/edges/house.png", control_strength=0.6)
+    canny = request.with_(
+        loras=(), mode="canny", source_image=None, control_image="/edges/house.png", control_strength=0.6
+    )
     session.apply_request(canny)
     assert session.request() == canny and session.chosen_image == "/edges/house.png"
-    upscale = request.with_(mode="upscale", stage_c=StageSettings(20, 1.0, 2.0), width=2048, height=1024)
+    upscale = request.with_(loras=(), mode="upscale", stage_c=StageSettings(20, 1.0, 2.0), width=2048, height=1024)
     session.apply_request(upscale)
     assert session.request() == upscale
 

@@ -64,6 +64,9 @@ def a1111_parameters(request: GenerationRequest, model_name: str, version: str) 
     if request.mode in ("img2img", "inpaint", "outpaint"):
         params["Denoising strength"] = _number_text(request.strength)
     params.update(_control_parameters(request))
+    loras = request.all_loras()
+    if loras:  # A1111 keeps its <lora:…> tags in the prompt; this line also lists the ones given outside it
+        params["LoRA"] = ", ".join(f"{name}:{_number_text(weight)}" for name, weight in loras)
     params["Version"] = f"cascade-studio {version}"
 
     line = ", ".join(f"{key}: {_a1111_quote(str(value))}" for key, value in params.items())

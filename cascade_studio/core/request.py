@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar
@@ -33,6 +34,38 @@ SAMPLERS = ("ddpm", "ddim")
 VARIANTS = ("lite", "full")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts up to 0xffff_ffff_ffff_ffff
 MAX_PROMPT_CHARS = 100_000
+MAX_LORAS = 16
+MAX_LORA_WEIGHT = 10.0
+#: ``<lora:name>`` or ``<lora:name:0.8>`` in a prompt (A1111's syntax); the name may not hold ``<``, ``>`` or ``:``
+LORA_TAG = re.compile(r"<lora:([^<>:]+?)(?::\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*)?>", re.IGNORECASE)
+
+
+def lora_tag(name: str, weight: float) -> str | None:
+    """The ``<lora:name:weight>`` tag for a LoRA, or None when ``name`` holds ``:``, ``<`` or ``>``."""
+    if not name or any(c in name for c in ":<>"):
+        return None
+    return f"<lora:{name}:{weight:g}>"
+
+
+def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """``prompt`` without its ``<lora:name:weight>`` tags (weight 1 when left out), and the tags' (name, weight)
+    in order. The text around a removed tag is joined with single spaces, so "a <lora:x:1> cat" becomes "a cat"."""
+    found = [(m.group(1).strip(), float(m.group(2)) if m.group(2) else 1.0) for m in LORA_TAG.finditer(prompt)]
+    if not found:
+        return prompt, []
+    text = LORA_TAG.sub(" ", prompt)
+    text = "\n".join(re.sub(r"[ \t]{2,}", " ", line).strip() for line in text.split("\n")).strip()
+    text = re.sub(r"\s+([,.])", r"\1", text)
+    return text, found
+
+
+def combine_loras(*groups: object) -> list[tuple[str, float]]:
+    """Merge (name, weight) lists in order; a name given again takes its later weight, keeping its first place."""
+    merged: dict[str, float] = {}
+    for group in groups:
+        for name, weight in group:  # type: ignore[attr-defined]
+            merged[name] = float(weight)
+    return list(merged.items())
 
 
 @dataclass(frozen=True)
@@ -76,7 +109,7 @@ class GenerationRequest:
     Immutable, so it can be handed between threads freely. Build variants with `with_(...)`.
     """
 
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     prompt: str
     _: KW_ONLY
@@ -102,6 +135,9 @@ class GenerationRequest:
     context_padding: int = 64
     outpaint: tuple[int, int, int, int] | None = None  # px added (left, top, right, bottom), snapped to 128 px
     method: str = "auto"
+    # -- version 3: Stage C LoRAs, (name, weight) pairs; names are looked up in <models dir>/lora/ (or are paths).
+    # ``<lora:name:weight>`` tags in the prompt add to these when the request runs.
+    loras: tuple[tuple[str, float], ...] = ()
 
     # -- validation -------------------------------------------------------------------------------------
 
@@ -144,7 +180,35 @@ class GenerationRequest:
         elif self.mode in SOURCE_MODES and not self.source_image:
             problems.append(f"source_image is required in {self.mode} mode")
         problems.extend(self._v2_errors())
+        problems.extend(self._lora_errors())
         return problems
+
+    def _lora_errors(self) -> list[str]:
+        if not isinstance(self.loras, tuple):
+            return [f"loras must be a tuple of (name, weight) pairs (got {type(self.loras).__name__})"]
+        if len(self.loras) > MAX_LORAS:
+            return [f"loras holds {len(self.loras)} entries; at most {MAX_LORAS} are allowed"]
+        problems = []
+        for i, entry in enumerate(self.loras):
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                problems.append(f"loras[{i}] must be a (name, weight) pair (got {entry!r})")
+                continue
+            name, weight = entry
+            if (
+                not isinstance(name, str)
+                or not name.strip()
+                or any(ch in name for ch in "<>:\n")
+                and not _is_path(name)
+            ):
+                problems.append(f"loras[{i}] name must be a non-empty name or path without < > (got {name!r})")
+            if not _is_number(weight) or not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
+                problems.append(f"loras[{i}] weight must be a number from -{MAX_LORA_WEIGHT:g} to "
+                                f"{MAX_LORA_WEIGHT:g} (got {weight!r})")  # fmt: skip
+        return problems
+
+    def all_loras(self) -> list[tuple[str, float]]:
+        """The LoRAs this request runs with: the ``loras`` field, then the prompt's ``<lora:…>`` tags."""
+        return combine_loras(self.loras, split_lora_tags(self.prompt)[1])
 
     def _v2_errors(self) -> list[str]:
         problems: list[str] = []
@@ -236,6 +300,7 @@ class GenerationRequest:
             "context_padding": self.context_padding,
             "outpaint": list(self.outpaint) if self.outpaint is not None else None,
             "method": self.method,
+            "loras": [[name, float(weight)] for name, weight in self.loras],
         }
 
     def to_json(self) -> str:
@@ -300,6 +365,7 @@ class GenerationRequest:
             context_padding=_get_int(data, "context_padding", 64, "context_padding"),
             outpaint=outpaint,
             method=_get_str(data, "method", "auto"),
+            loras=_get_loras(data),
         )
         return request.validate()
 
@@ -329,8 +395,30 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, **defaults, "schema_version": 2}
 
 
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 added Stage C LoRAs; a version-2 request ran without any (tags in its prompt were plain text to
+    it, and stay in the prompt, so a recalled v2 prompt with tags now applies them, as the user wrote them)."""
+    return {**data, "loras": [], "schema_version": 3}
+
+
 # version n -> function turning a version-n dict into a version-(n + 1) dict. Add one per schema bump.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+
+
+def _is_path(name: str) -> bool:
+    return "/" in name or "\\" in name
+
+
+def _get_loras(d: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
+    value = d.get("loras", [])
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"loras must be a list of [name, weight] pairs (got {type(value).__name__})")
+    out = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
+            raise ValueError(f"loras[{i}] must be a [name, weight] pair (got {entry!r})")
+        out.append((entry[0], _get_float({"w": entry[1]}, "w", 1.0, f"loras[{i}] weight")))
+    return tuple(out)
 
 
 def _is_int(value: Any) -> bool:

@@ -7,6 +7,7 @@ with attention routed through ``scaled_dot_product_attention``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +77,15 @@ class MultiheadAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * c))
         self.out_proj = nn.Linear(c, c)
         nn.init.xavier_uniform_(self.in_proj_weight)
+        # Set by networks/lora.py while a LoRA is applied: returns a (3c, c) delta added to the packed weight
+        # on the fly, so the stored weight is never changed. None (the default) leaves the plain path.
+        self.in_proj_delta: Callable[[], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, self_attn: bool) -> torch.Tensor:
         b, n, c = x.shape
         w, bias = self.in_proj_weight, self.in_proj_bias
+        if self.in_proj_delta is not None:
+            w = w + self.in_proj_delta().to(w.dtype)
         if self_attn:
             q, k, v = F.linear(x, w, bias).chunk(3, dim=-1)
             kc, vc = F.linear(cond, w[c:], bias[c:]).chunk(2, dim=-1)

@@ -16,6 +16,8 @@ from torch import nn
 
 from .checkpoints import NETWORKS, save_network
 
+#: the demo set's LoRA: reference layout, rank 4, alpha 1 (scale 1/4)
+DEMO_LORA = {"file": "lora/demo-style.safetensors", "rank": 4, "std": 2.0}
 DEMO_NOTICE = "demo weights (tiny random networks): the images are noise, not pictures"
 
 # Stride 32 like EfficientNetV2-S: a stride-2 stem and four stride-2 stages.
@@ -140,6 +142,7 @@ def write_demo_models(folder: str | Path, *, seed: int = 0) -> Path:
                 "text_file": TEXT_ENCODER_FILE,
                 "image": DEMO_IMAGE_CLIP,
                 "notice": DEMO_NOTICE,
+                "lora": DEMO_LORA,
             }
         )
     )
@@ -151,8 +154,23 @@ def write_demo_models(folder: str | Path, *, seed: int = 0) -> Path:
     for i, (name, (network, kwargs)) in enumerate(sorted(DEMO_NETWORKS.items())):
         save_network(build_demo_network(name, seed + i), folder / name, network, kwargs)
     _write_demo_clip(folder, seed)
+    _write_demo_lora(folder, seed)
     stamp.write_text(json.dumps(wanted, indent=1))
     return folder
+
+
+def _write_demo_lora(folder: Path, seed: int) -> None:
+    """A reference-format LoRA (``weights.<i>.lora_down/lora_up`` over the attention matrices) for the demo
+    Stage C, so ``--demo`` can try ``<lora:demo-style:0.8>``."""
+    from safetensors.torch import save_file
+
+    from .lora import reference_lora_tensors
+
+    network = build_demo_network("stage_c_lite.safetensors", seed)
+    tensors = reference_lora_tensors(network, rank=DEMO_LORA["rank"], seed=seed + 200, std=DEMO_LORA["std"])
+    path = folder / DEMO_LORA["file"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"lora_alpha": "1"})
 
 
 def _write_demo_clip(folder: Path, seed: int) -> None:

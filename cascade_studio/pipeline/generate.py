@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.geometry import effnet_input_size, snap_size, stage_b_latent_size, stage_c_latent_size
-from ..core.request import MASK_MODES, GenerationRequest
+from ..core.request import MASK_MODES, GenerationRequest, split_lora_tags
 from ..networks.effnet import imagenet_normalize
+from ..networks.lora import apply_loras
 from .control import (
     CONTROLNET_ROLES,
     MODE_CONTROLNET,
@@ -31,6 +32,7 @@ from .control import (
     resize_image,
 )
 from .graphs import maybe_graphed
+from .lora import LoraCache, find_lora
 from .models import MissingWeights, ModelSet
 from .sampling import SeededNoise, diffuse, sample
 
@@ -93,6 +95,7 @@ class Pipeline:
         self.preview_every = preview_every
         # On CUDA, each stage's network call is captured once and replayed (pipeline/graphs.py).
         self.cuda_graphs = cuda_graphs
+        self.lora_cache = LoraCache()
 
     @property
     def device(self) -> torch.device:
@@ -162,10 +165,13 @@ class Pipeline:
         cancel = should_cancel or (lambda: False)
         m = self.models
         dtype = m.dtype
+        # <lora:name:weight> tags are instructions, not text for CLIP; the files are read (and checked) up front.
+        prompt, _ = split_lora_tags(request.prompt)
+        loras = [(self.lora_cache.get(find_lora(name, m.folder)), weight) for name, weight in request.all_loras()]
 
         with m.using("text_encoder") as (text_encoder,):
             (text_c, text_u), (pooled_c, pooled_u) = (
-                t.chunk(2) for t in text_encoder.encode([request.prompt, request.negative_prompt])
+                t.chunk(2) for t in text_encoder.encode([prompt, request.negative_prompt])
             )
         text_c, text_u = text_c.to(dtype).expand(batch, -1, -1), text_u.to(dtype).expand(batch, -1, -1)
         pooled_c, pooled_u = pooled_c.to(dtype).expand(batch, -1, -1), pooled_u.to(dtype).expand(batch, -1, -1)
@@ -236,6 +242,7 @@ class Pipeline:
             cancel=cancel,
             previews=previews,
             blend=blend,
+            loras=loras,
         )
         if keep is not None:  # the kept cells are the source's own latent in the result, too
             latent_c = latent_c * (1 - keep) + latent.float() * keep
@@ -301,27 +308,35 @@ class Pipeline:
         cancel,
         previews,
         blend=None,
+        loras=(),
     ):
         """Run Stage C (``stage="c"``, with a Previewer image per step) or Stage B; returns the last x0."""
         roles = ("stage_c", "previewer") if stage == "c" and previews else (f"stage_{stage}",)
         with self.models.using(*roles) as networks:
             network, previewer = networks[0], (networks[1] if len(networks) > 1 else None)
-            return self._steps(
-                stage,
-                network,
-                previewer,
-                cond,
-                uncond,
-                x_init,
-                steps,
-                t_start,
-                settings,
-                sampler,
-                noise,
-                report,
-                cancel,
-                blend,
-            )
+            # LoRAs ride on hooks for this job only: the loaded weights are never changed, and taking the hooks
+            # off puts Stage C back on its plain path (the next job without LoRA gives the no-LoRA pixels).
+            applied = apply_loras(network, [(f.deltas(network), w) for f, w in loras]) if loras else None
+            try:
+                return self._steps(
+                    stage,
+                    network,
+                    previewer,
+                    cond,
+                    uncond,
+                    x_init,
+                    steps,
+                    t_start,
+                    settings,
+                    sampler,
+                    noise,
+                    report,
+                    cancel,
+                    blend,
+                )
+            finally:
+                if applied is not None:
+                    applied.remove()
 
     def _steps(self, stage, network, previewer, cond, uncond, x_init, steps, t_start, settings, sampler, noise,
                report, cancel, blend=None):  # fmt: skip

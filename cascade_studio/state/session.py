@@ -30,6 +30,7 @@ from ..core.request import (
     VARIANTS,
     GenerationRequest,
     StageSettings,
+    lora_tag,
 )
 from .settings import HISTORY_LIMIT, Settings
 
@@ -99,6 +100,20 @@ def _sides(value: Any) -> tuple[int, int, int, int] | None:
     return tuple(clamp(v) for v in value)  # type: ignore[return-value]
 
 
+def _loras(value: Any) -> tuple[tuple[str, float], ...]:
+    """(name, weight) pairs (lists from a saved state are accepted); weights are checked by the request."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be a list of (name, weight) pairs (got {type(value).__name__})")
+    out = []
+    for entry in value:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
+            raise ValueError(f"must hold (name, weight) pairs (got {entry!r})")
+        if isinstance(entry[1], bool) or not isinstance(entry[1], (int, float)):
+            raise ValueError(f"weight must be a number (got {entry[1]!r})")
+        out.append((entry[0], float(entry[1])))
+    return tuple(out)
+
+
 def _str(value: Any) -> str:
     if value is None:
         return ""
@@ -165,6 +180,7 @@ class SessionModel(QObject):
     context_padding_changed = Signal(int)
     outpaint_changed = Signal(object)  # (left, top, right, bottom) or None (None unless mode is outpaint)
     method_changed = Signal(str)
+    loras_changed = Signal(object)  # tuple of (name, weight): the Stage C LoRAs besides the prompt's <lora:…> tags
     input_changed = Signal(str)  # canny/upscale: "canvas" or "file"
     history_changed = Signal()  # the history or the position in it changed (enable previous/next)
 
@@ -195,6 +211,9 @@ class SessionModel(QObject):
     outpaint = _Field(None, _sides)
     method = _Field("auto", _choice(METHODS))
     input = _Field("canvas", _choice(INPUTS))
+    # recalled with a request, but not saved between runs: the panel does not show LoRAs yet, so a saved list
+    # would be applied without the user seeing it (add it to STATE_FIELDS once the panel lists them)
+    loras = _Field((), _loras)
 
     #: fields saved between runs by state()/restore_state() (the size is saved as width/height)
     STATE_FIELDS = (
@@ -340,6 +359,7 @@ class SessionModel(QObject):
             context_padding=self.context_padding,
             outpaint=outpaint,
             method=self.method,
+            loras=self.loras,
         )
         return request.with_(**inputs) if inputs else request
 
@@ -387,6 +407,11 @@ class SessionModel(QObject):
         self.context = request.context
         self.context_padding = request.context_padding
         self.method = request.method
+        # The window has no LoRA list yet: LoRAs given in the request's field come back as visible prompt tags
+        # (same LoRAs, same weights), so nothing is applied that the user cannot see or remove.
+        tags = [lora_tag(name, weight) for name, weight in request.loras]
+        self.prompt = " ".join([request.prompt, *(t for t in tags if t)]).strip() if any(tags) else request.prompt
+        self.loras = tuple(lora for lora, tag in zip(request.loras, tags) if tag is None)
         self.mode = request.mode
         self.strength = request.strength  # after the mode: entering inpaint/outpaint resets it to 1
         self.outpaint = request.outpaint  # after the mode, which clears or defaults it
