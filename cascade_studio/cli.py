@@ -185,7 +185,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
     from .core.geometry import snap_size
-    from .core.request import MASK_MODES, GenerationRequest, StageSettings
+    from .core.request import MASK_MODES, STRENGTH_MODES, GenerationRequest, StageSettings
 
     if args.count < 1:
         return _usage_error("--count must be at least 1")
@@ -197,7 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return _usage_error("--control-strength needs --canny, --upscale, --mask or --outpaint")
     if args.method != "auto" and mode not in MASK_MODES:
         return _usage_error("--method needs --mask or --outpaint (inpainting or outpainting)")
-    if args.strength is not None and mode not in ("img2img", *MASK_MODES):
+    if args.strength is not None and mode not in STRENGTH_MODES:
         return _usage_error("--strength needs --image")
     if mode == "upscale":
         if args.size is not None:
@@ -257,7 +257,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.device import choose_device, choose_dtype, choose_memory
     from .pipeline.generate import Pipeline
     from .pipeline.images import load_image, to_pil
-    from .pipeline.lora import LoraError
+    from .pipeline.lora import LoraError, find_lora
     from .pipeline.models import MEMORY_MODES, MissingWeights, ModelSet
 
     inputs = {}
@@ -282,8 +282,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         plan = pipeline.plan(request)
         files = models.check(request.mode, plan.method)
-        from .pipeline.lora import find_lora
-
         for name, weight in request.all_loras():  # read and check every LoRA file before the first step
             lora = pipeline.lora_cache.get(find_lora(name, models_dir))
             print(f"LoRA {lora.name} ({lora.layout} layout) at weight {weight:g}", file=sys.stderr)

@@ -21,7 +21,8 @@ from cascade_studio.state.queue import (
     QueueModel,
     StateRole,
 )
-from cascade_studio.ui.queue_panel import QueuePanel, qimage_from_array
+from cascade_studio.ui.image_view import array_to_qimage
+from cascade_studio.ui.queue_panel import QueuePanel
 from cascade_studio.workers.gpu import GenerationService, WorkerConfig
 from tests.test_gpu_worker import TIMEOUT_MS, Gate, Recorder, tiny_request
 
@@ -99,10 +100,10 @@ def test_model_follows_the_service_signals(qtbot):
     assert model.rowCount() == 0
 
 
-def test_qimage_from_array_keeps_the_pixels():
+def test_array_to_qimage_keeps_the_pixels():
     pixels = np.zeros((3, 5, 3), np.uint8)
     pixels[1, 2] = (10, 20, 30)
-    image = qimage_from_array(pixels[:, :, :])
+    image = array_to_qimage(pixels[:, :, :])
     assert (image.width(), image.height()) == (5, 3)
     del pixels  # the image owns a copy
     assert image.pixelColor(2, 1).getRgb()[:3] == (10, 20, 30)

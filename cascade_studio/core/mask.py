@@ -18,10 +18,6 @@ from .geometry import SIZE_STEP
 Rect = tuple[int, int, int, int]  # x, y, width, height
 
 
-def empty_mask(width: int, height: int) -> np.ndarray:
-    return np.zeros((height, width), dtype=np.uint8)
-
-
 def invert(mask: np.ndarray) -> np.ndarray:
     return 255 - mask
 

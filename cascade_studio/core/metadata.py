@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from .request import GenerationRequest
+from .request import MASK_MODES, STRENGTH_MODES, GenerationRequest
 
 SOURCES = ("cascade_studio", "invokeai", "comfyui", "a1111", "fooocus", "swarmui", "unknown")
 MAX_TEXT_BYTES = 4 * 1024 * 1024  # one text chunk; Pillow separately caps *decompressed* zTXt/iTXt at 1 MiB
@@ -61,7 +61,7 @@ def a1111_parameters(request: GenerationRequest, model_name: str, version: str) 
         params["Stage B shift"] = _number_text(b.shift)
     if request.mode != "text":
         params["Mode"] = request.mode
-    if request.mode in ("img2img", "inpaint", "outpaint"):
+    if request.mode in STRENGTH_MODES:
         params["Denoising strength"] = _number_text(request.strength)
     params.update(_control_parameters(request))
     loras = request.all_loras()
@@ -80,7 +80,7 @@ _CONTROLNET_NAMES = {"inpaint": "inpainting", "outpaint": "inpainting", "canny":
 def _control_parameters(request: GenerationRequest) -> dict[str, str]:
     """The A1111-style settings of the mask and ControlNet modes (A1111's own names where it has one)."""
     params: dict[str, str] = {}
-    if request.mode in ("inpaint", "outpaint"):
+    if request.mode in MASK_MODES:
         params["Inpaint method"] = {"latent_blend": "latent blend"}.get(request.method, request.method)
         if request.mode == "outpaint" and request.outpaint is not None:
             params["Outpaint"] = "{} {} {} {}".format(*request.outpaint)  # left top right bottom, px
@@ -91,7 +91,7 @@ def _control_parameters(request: GenerationRequest) -> dict[str, str]:
         if request.context == "mask":
             params["Only masked padding, pixels"] = str(request.context_padding)
     uses_controlnet = request.mode in ("canny", "upscale") or (
-        request.mode in ("inpaint", "outpaint") and request.method == "controlnet"
+        request.mode in MASK_MODES and request.method == "controlnet"
     )
     if uses_controlnet:
         params["ControlNet"] = _CONTROLNET_NAMES[request.mode]

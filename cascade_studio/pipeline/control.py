@@ -1,5 +1,6 @@
 """Inputs of the control modes (spec §11): canny edges, the inpainting and super-resolution ControlNet
-inputs, masks on the latent grid, the region a masked job generates and the composite back.
+inputs, masks on the latent grid (the region a masked job generates and the composite back are in
+:mod:`cascade_studio.core.inpaint`).
 
 The control signals follow the reference's ``controlnet_filters``:
 
@@ -24,16 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.inpaint import (  # noqa: F401 - re-exported: the pipeline's masked-mode helpers live in core
-    InputError,
-    MaskJob,
-    effective_mask,
-    fit_generation_size,
-    load_mask,
-    prepare_mask_job,
-    repaint_area,
-)
-
 CANNY_RESIZE = 224
 CANNY_THRESHOLDS = (100, 200)
 SR_SCALE = 2
@@ -50,11 +41,6 @@ MODE_CONTROLNET = {
     "outpaint": "controlnet_inpainting",
     "canny": "controlnet_canny",
     "upscale": "controlnet_super_resolution",
-}
-
-METHOD_NOTES = {
-    "controlnet": "{what} through the {cnet}",
-    "latent_blend": "{what} by latent blending ({why})",
 }
 
 

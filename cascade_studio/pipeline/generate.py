@@ -15,20 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from ..core.geometry import effnet_input_size, snap_size, stage_b_latent_size, stage_c_latent_size
-from ..core.request import MASK_MODES, GenerationRequest, split_lora_tags
+from ..core.inpaint import InputError, prepare_mask_job, repaint_area
+from ..core.request import MASK_MODES, STRENGTH_MODES, GenerationRequest, split_lora_tags
 from ..networks.effnet import imagenet_normalize
 from ..networks.lora import apply_loras
 from .control import (
     CONTROLNET_ROLES,
     MODE_CONTROLNET,
     SR_SCALE,
-    InputError,
     canny_edges,
     controlnet_misfit,
     inpaint_control,
     latent_mask,
-    prepare_mask_job,
-    repaint_area,
     resize_image,
 )
 from .graphs import maybe_graphed
@@ -187,7 +185,7 @@ class Pipeline:
         steps_c, t_start = request.stage_c.steps, 1.0
         ew, eh = effnet_input_size(width, height)
         control = blend = keep = latent = None
-        if request.mode in ("img2img", *MASK_MODES):
+        if request.mode in STRENGTH_MODES:
             if job is not None:
                 region = torch.from_numpy(np.ascontiguousarray(job.region_pixels)).permute(2, 0, 1)
                 src = region.to(self.device, torch.float32).div(255).unsqueeze(0)

@@ -153,7 +153,7 @@ def find_lora(name: str, models_dir: str | Path) -> Path:
         if path.is_file():
             return path
     folder = Path(models_dir) / LORA_FOLDER
-    known = sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+    known = list_loras(models_dir)
     raise LoraError(
         f"LoRA {name!r} not found (looked for {', '.join(str(p) for p in candidates)}); "
         + (f"the LoRA folder holds: {', '.join(known)}" if known else f"put LoRA files in {folder}")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ..core.request import MASK_MODES
 from .checkpoints import load_network, read_header
+from .control import CONTROLNET_ROLES
 from .weights import IMAGE_ENCODER_FILE, OPEN_CLIP_TEXT_ENCODER_FILE, TEXT_ENCODER_FILE, entry_named, locate
 
 #: role -> candidate file names, preferred first, per variant
@@ -37,11 +39,7 @@ _SHARED = {
     "image_encoder": [IMAGE_ENCODER_FILE],
 }
 #: the ControlNets (registry variant "controlnets"; they fit the full Stage C), by role
-_CONTROLNETS = {
-    "controlnet_inpainting": ["controlnet/inpainting.safetensors"],
-    "controlnet_canny": ["controlnet/canny.safetensors"],
-    "controlnet_super_resolution": ["controlnet/super_resolution.safetensors"],
-}
+_CONTROLNETS = {role: [file] for role, (file, _, _) in CONTROLNET_ROLES.items()}
 #: roles every mode needs; the others only for some modes
 _ALWAYS = ("stage_c", "stage_b", "stage_a", "previewer", "text_encoder")
 _BY_MODE = {
@@ -98,7 +96,7 @@ def find_files(folder: str | Path, variant: str, mode: str = "text", method: str
     need the inpainting ControlNet only with ``method="controlnet"``."""
     folder = Path(folder)
     roles = (*_ALWAYS, *_BY_MODE[mode])
-    if mode in ("inpaint", "outpaint") and method == "controlnet":
+    if mode in MASK_MODES and method == "controlnet":
         roles = (*roles, "controlnet_inpainting")
     found = {role: _locate(folder, _role_names(variant, role)) for role in roles}
     missing = [_role_names(variant, role)[0] for role, path in found.items() if path is None]

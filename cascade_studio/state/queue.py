@@ -131,9 +131,6 @@ class QueueModel(QAbstractListModel):
         row = self._rows.get(job_id)
         return None if row is None else self._jobs[row]
 
-    def job_at(self, row: int) -> Job:
-        return self._jobs[row]
-
     def jobs(self) -> list[Job]:
         return list(self._jobs)
 

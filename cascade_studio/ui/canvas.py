@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 
 from cascade_studio.core import mask as masks
 from cascade_studio.state.document import BrushSettings, Document
+from cascade_studio.ui.image_view import array_to_qimage
 
 MIN_ZOOM, MAX_ZOOM = 0.02, 32.0
 WHEEL_STEP = 1.25
@@ -75,12 +76,6 @@ HANDLE_CURSORS = {
     "top": Qt.CursorShape.SizeVerCursor,
     "bottom": Qt.CursorShape.SizeVerCursor,
 }
-
-
-def rgb_to_qimage(pixels: np.ndarray) -> QImage:
-    array = np.ascontiguousarray(pixels, dtype=np.uint8)
-    h, w = array.shape[:2]
-    return QImage(array.data, w, h, w * 3, QImage.Format.Format_RGB888).copy()
 
 
 def qimage_to_rgb(image: QImage) -> np.ndarray:
@@ -329,7 +324,7 @@ class CanvasView(QGraphicsView):
         self._update_cursor(None)  # no brush outline over a candidate: painting is off while one is shown
         if pixels is None:
             pixels = doc.image_view()
-        self._image_item.setPixmap(QPixmap.fromImage(rgb_to_qimage(pixels)) if pixels.size else QPixmap())
+        self._image_item.setPixmap(QPixmap.fromImage(array_to_qimage(pixels)) if pixels.size else QPixmap())
 
     def _on_brush_changed(self, key: str) -> None:
         if key in ("mask_color", "mask_opacity"):

@@ -134,7 +134,6 @@ class MainWindow(QMainWindow):
         self._service_requested = False
         self._painted = False
         self._waiting: list[GenerationRequest] = []  # pressed Generate before the service was up
-        self._job_variants: dict[int, str] = {}
         self._model_manager = None
         self._canvas_jobs: dict[int, CanvasJob] = {}
         self._waiting_canvas: dict[int, CanvasJob] = {}  # index into _waiting -> its canvas job
@@ -450,8 +449,6 @@ class MainWindow(QMainWindow):
         service.preview.connect(self._show_preview)
         service.image_ready.connect(self._image_ready)
         service.job_failed.connect(self._job_failed)
-        service.job_queued.connect(lambda job_id, request: self._job_variants.__setitem__(job_id, request.variant))
-        service.job_finished.connect(lambda job_id, outcome: self._job_variants.pop(job_id, None))
         service.status_changed.connect(self.service_label.setText)
         service.job_note.connect(self._job_note)
         service.job_finished.connect(self._job_finished)
@@ -549,7 +546,8 @@ class MainWindow(QMainWindow):
     def _job_failed(self, job_id: int, message: str, kind: str) -> None:
         self.show_error(message.splitlines()[0] if message else "A job failed.")
         if kind == "missing_weights":
-            self.open_model_manager(reason=message, variant=self._job_variants.get(job_id))
+            job = self.queue_panel.model.job(job_id)  # the queue still holds a job that is failing
+            self.open_model_manager(reason=message, variant=job.request.variant if job is not None else None)
 
     # -- generate ----------------------------------------------------------------------------------------
 

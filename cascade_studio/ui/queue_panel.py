@@ -3,9 +3,8 @@ the buttons that cancel or remove jobs."""
 
 from __future__ import annotations
 
-import numpy as np
 from PySide6.QtCore import QItemSelectionModel, QSize, Qt, Slot
-from PySide6.QtGui import QAction, QImage, QKeySequence, QPixmap
+from PySide6.QtGui import QAction, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGridLayout,
@@ -20,15 +19,9 @@ from PySide6.QtWidgets import (
 )
 
 from ..state.queue import PENDING, STAGE_NAMES, STAGES, JobIdRole, QueueModel, StateRole
+from .image_view import array_to_qimage
 
 PREVIEW_SIDE = 192
-
-
-def qimage_from_array(pixels: np.ndarray) -> QImage:
-    """An (H, W, 3) uint8 array as a QImage that owns a copy of the pixels (GUI thread)."""
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    height, width, _ = pixels.shape
-    return QImage(pixels.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
 
 
 class QueuePanel(QWidget):
@@ -134,9 +127,8 @@ class QueuePanel(QWidget):
                 (service.job_failed, m.on_job_failed),
                 (service.job_finished, m.on_job_finished),
                 (service.status_changed, self.status_label.setText),
+                (service.job_note, m.on_job_note),  # how a masked/ControlNet job runs
             ]
-            if hasattr(service, "job_note"):  # how a masked/ControlNet job runs
-                self._connections.append((service.job_note, m.on_job_note))
             for signal, slot in self._connections:
                 signal.connect(slot)
         self._update_buttons()
@@ -205,7 +197,7 @@ class QueuePanel(QWidget):
         job = self.model.job(job_id)
         if job is None or job.preview is None or job_id != self.model.running_job():
             return
-        image = qimage_from_array(job.preview)
+        image = array_to_qimage(job.preview)
         pixmap = QPixmap.fromImage(image).scaled(
             self.preview_label.size(), Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
         )
