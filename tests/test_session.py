@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PySide6.QtCore import QSettings
 
@@ -176,13 +178,13 @@ def test_apply_request_recalls_every_field(qtbot):
     session = _session(seed_policy="random", count=2)
     with qtbot.waitSignal(session.prompt_changed):
         session.apply_request(request)
-    recalled = session.request()
-    # LoRAs come back as visible prompt tags (no LoRA list in the panel yet): the same LoRAs, nothing hidden
-    assert session.prompt == "a red fox <lora:demo-style:0.8> <lora:/loras/film.safetensors:-0.25>"
-    assert recalled.all_loras() == request.all_loras() and recalled.loras == ()
-    assert recalled.with_(prompt=request.prompt, loras=request.loras) == request
-    session.apply_request(request.with_(loras=(("C:\\loras\\x.safetensors", 0.5),)))  # no tag can hold a colon
-    assert session.loras == (("C:\\loras\\x.safetensors", 0.5),) and session.prompt == "a red fox"
+    # LoRAs come back into the panel's LoRA list; the prompt (and any <lora:…> tags in it) stays as it was
+    assert session.prompt == "a red fox" and session.loras == request.loras
+    assert session.request() == request
+    tagged = request.with_(prompt="a red fox <lora:ink:0.5>", loras=(("C:\\loras\\x.safetensors", 0.5),))
+    session.apply_request(tagged)
+    assert session.prompt == "a red fox <lora:ink:0.5>" and session.loras == (("C:\\loras\\x.safetensors", 0.5),)
+    assert session.request() == tagged
     session.apply_request(request)
     assert session.seed_policy == "fixed" and session.size_preset == "21:9"
     assert [job.seed for job in session.requests()] == [request.seed, request.seed + 3]
@@ -261,15 +263,21 @@ def test_history_survives_a_restart_through_the_settings(settings, tmp_path):
 def test_state_round_trips_and_ignores_values_that_no_longer_fit():
     session = _session(seed_policy="increment", seed=77, count=5, steps_c=12, mode="img2img", strength=0.4,
                        source_image="/x.png", variant="full")  # fmt: skip
+    session.loras = (("ink", 0.6), ("/loras/film.safetensors", -1))
     session.set_size(1408, 768)
-    state = session.state()
+    state = json.loads(json.dumps(session.state()))  # as Settings.session_state stores it: tuples become lists
     again = SessionModel()
     again.restore_state(state)
-    assert again.state() == state and again.size_preset == "16:9"
-    broken = dict(state, mode="sketch", steps_c="many", width="wide")
+    assert again.state() == session.state() and again.size_preset == "16:9"
+    assert again.loras == (("ink", 0.6), ("/loras/film.safetensors", -1.0))
+    broken = dict(state, mode="sketch", steps_c="many", width="wide", loras=[["ink"]])
     third = SessionModel()
     third.restore_state(broken)
     assert (third.mode, third.steps_c, third.width, third.variant) == ("text", 20, 1024, "full")
+    assert third.loras == ()
+    older = SessionModel()  # a state saved before the LoRA list was kept
+    older.restore_state({k: v for k, v in state.items() if k != "loras"})
+    assert older.loras == () and older.variant == "full"
 
 
 # -- settings -------------------------------------------------------------------------------------------

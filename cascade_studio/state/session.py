@@ -30,7 +30,6 @@ from ..core.request import (
     VARIANTS,
     GenerationRequest,
     StageSettings,
-    lora_tag,
 )
 from .settings import HISTORY_LIMIT, Settings
 
@@ -211,16 +210,14 @@ class SessionModel(QObject):
     outpaint = _Field(None, _sides)
     method = _Field("auto", _choice(METHODS))
     input = _Field("canvas", _choice(INPUTS))
-    # recalled with a request, but not saved between runs: the panel does not show LoRAs yet, so a saved list
-    # would be applied without the user seeing it (add it to STATE_FIELDS once the panel lists them)
-    loras = _Field((), _loras)
+    loras = _Field((), _loras)  # the panel's LoRA list (ui/lora_list.py)
 
     #: fields saved between runs by state()/restore_state() (the size is saved as width/height)
     STATE_FIELDS = (
         "prompt", "negative", "seed", "seed_policy", "batch_size", "count", "steps_c", "cfg_c", "shift",
         "steps_b", "cfg_b", "shift_b", "sampler", "variant", "mode", "strength", "source_image", "mask_image",
         "control_image", "control_strength", "mask_grow", "mask_feather", "context", "context_padding", "outpaint",
-        "method", "input",
+        "method", "input", "loras",
     )  # fmt: skip
 
     def __init__(self, settings: Settings | None = None, parent: QObject | None = None):
@@ -407,11 +404,8 @@ class SessionModel(QObject):
         self.context = request.context
         self.context_padding = request.context_padding
         self.method = request.method
-        # The window has no LoRA list yet: LoRAs given in the request's field come back as visible prompt tags
-        # (same LoRAs, same weights), so nothing is applied that the user cannot see or remove.
-        tags = [lora_tag(name, weight) for name, weight in request.loras]
-        self.prompt = " ".join([request.prompt, *(t for t in tags if t)]).strip() if any(tags) else request.prompt
-        self.loras = tuple(lora for lora, tag in zip(request.loras, tags) if tag is None)
+        # the request's LoRA field comes back into the panel's LoRA list; <lora:…> tags stay in the prompt
+        self.loras = request.loras
         self.mode = request.mode
         self.strength = request.strength  # after the mode: entering inpaint/outpaint resets it to 1
         self.outpaint = request.outpaint  # after the mode, which clears or defaults it

@@ -39,6 +39,7 @@ from .. import __version__
 from ..core import mask as masks
 from ..core.geometry import snap_size
 from ..core.inpaint import effective_mask, load_mask, repaint_area
+from ..core.paths import demo_folder
 from ..core.request import MASK_MODES, GenerationRequest, StageSettings
 from ..state.session import SessionModel
 from ..state.settings import Settings
@@ -182,6 +183,7 @@ class MainWindow(QMainWindow):
         self._mask_timer.timeout.connect(self._refresh_overlay)
 
         self.prompt_panel = PromptPanel(self.session)
+        self._show_lora_folder()
         self.queue_panel = QueuePanel()
         self.gallery = GalleryPanel()
 
@@ -354,6 +356,7 @@ class MainWindow(QMainWindow):
                        st.preview_every_changed):  # fmt: skip
             signal.connect(self._push_config)
         st.output_dir_changed.connect(self._output_dir_changed)
+        st.models_dir_changed.connect(self._show_lora_folder)
         p, doc, s = self.prompt_panel, self.canvas.document, self.session
         p.extend_requested.connect(self.extend_canvas)
         p.effective_mask_toggled.connect(lambda _: self._refresh_overlay())
@@ -396,6 +399,10 @@ class MainWindow(QMainWindow):
     def _output_dir_changed(self, folder: str) -> None:
         self.gallery.set_folder(folder)
         self._push_config()
+
+    def _show_lora_folder(self, *_: Any) -> None:
+        """The LoRA list reads <models dir>/lora/: the demo model set's in demo mode (as the engine does)."""
+        self.prompt_panel.set_models_dir(demo_folder() if self.demo else Path(self.settings.models_dir).expanduser())
 
     def worker_config(self) -> Any:
         from ..workers.gpu import WorkerConfig  # no torch: the GPU thread imports it

@@ -48,6 +48,7 @@ from ..state.session import (
     SIZE_PRESETS,
     SessionModel,
 )
+from .lora_list import LoraList
 
 MODE_LABELS = {
     "text": "Text to image",
@@ -244,6 +245,7 @@ class PromptPanel(QWidget):
         self.cfg_b_spin = _double(0.0, 30.0, 0.1)
         self.sampler_combo = _combo(SAMPLER_LABELS)
         self.variant_combo = _combo(VARIANT_LABELS)
+        self.lora_list = LoraList()
 
         self.generate_button = QPushButton("Generate", objectName="generate")
         self.generate_button.setToolTip("Queue the images (Ctrl+Enter)")
@@ -381,6 +383,10 @@ class PromptPanel(QWidget):
         form.addRow("Seed", seed)
         form.addRow("Images", runs)
         form.addRow("Model", self.variant_combo)
+        self.lora_label = QLabel("LoRA")
+        self.lora_label.setToolTip("Stage C LoRAs (style or subject add-ons) and their weights")
+        self.lora_label.setBuddy(self.lora_list.add_button)
+        form.addRow(self.lora_label, self.lora_list)
 
         stages = QGroupBox("Sampling")
         grid = QGridLayout(stages)
@@ -452,6 +458,7 @@ class PromptPanel(QWidget):
         c += bind_combo(m, "context", self.context_combo)
         c += bind_spin(m, "context_padding", self.padding_spin)
         c += bind_combo(m, "method", self.method_combo)
+        self.lora_list.session = m  # rows are made and removed with the list: bound in ui/lora_list.py
         for i, side in enumerate(SIDES):
             c.append(self.side_spins[side].valueChanged.connect(lambda value, i=i: self._set_side(i, value)))
         c.append(m.outpaint_changed.connect(self._show_outpaint))
@@ -468,6 +475,10 @@ class PromptPanel(QWidget):
         self._show_mode(m.mode)
         self._show_source(m.chosen_image)
         self._show_history()
+
+    def set_models_dir(self, models_dir: str | Path | None) -> None:
+        """The models folder whose lora/ folder the LoRA menu lists (and where listed LoRAs are looked up)."""
+        self.lora_list.set_models_dir(models_dir)
 
     def _seed(self) -> int | None:
         text = self.seed_edit.text()

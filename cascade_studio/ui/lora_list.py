@@ -1,0 +1,293 @@
+"""The prompt panel's LoRA list: one row per Stage C LoRA of `SessionModel.loras`, and an "Add LoRA…" menu.
+
+The model is the source of truth: a row's weight or remove button sets `session.loras`, and `loras_changed`
+redraws the rows (only when names or order changed: a weight change just updates its spin box, so the one
+being typed in keeps its focus). The menu lists `<models dir>/lora/*.safetensors` each time it opens; a LoRA
+whose file is not found is shown flagged. Nothing here imports torch (listing is `core.paths`).
+<lora:name:weight> tags in the prompt still work: they are not moved into the list, only mentioned under it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QMetaObject, QObject, Qt, QUrl, Signal
+from PySide6.QtGui import QAction, QDesktopServices, QPainter
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QPushButton,
+    QSizePolicy,
+    QStyle,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.paths import LORA_SUFFIX, find_lora_file, list_loras, lora_candidates, lora_folder
+from ..core.request import MAX_LORA_WEIGHT, MAX_LORAS, split_lora_tags
+from ..state.session import SessionModel
+
+WEIGHT_STEP = 0.05
+HINT_COLOUR = "#9aa0a6"
+
+
+def lora_label(name: str) -> str:
+    """What a row shows: the file stem of a path, the name itself otherwise."""
+    path = Path(name)
+    return path.stem if path.suffix.lower() == LORA_SUFFIX or path.is_absolute() else name
+
+
+class _ElidedLabel(QLabel):
+    """A one-line label that ends in "…" when it is narrower than its text (`text()` stays whole)."""
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
+        painter = QPainter(self)
+        rect = self.contentsRect()
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideMiddle, rect.width())
+        align = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+        self.style().drawItemText(painter, rect, align, self.palette(), self.isEnabled(), text, self.foregroundRole())
+
+
+class LoraRow(QWidget):
+    """One LoRA: [warning] name, weight, remove. Signals carry nothing: the list knows the row's index."""
+
+    weight_edited = Signal(float)
+    remove_requested = Signal()
+
+    def __init__(self, name: str, weight: float, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.name = name
+        self.icon = QLabel()
+        size = self.style().pixelMetric(QStyle.PixelMetric.PM_SmallIconSize)
+        self.icon.setPixmap(self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning).pixmap(size))
+        self.icon.setFixedWidth(size)
+        self.label = _ElidedLabel(lora_label(name))
+        self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # long names elide
+        self.label.setMinimumWidth(40)
+        self.weight_spin = QDoubleSpinBox()
+        self.weight_spin.setRange(-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
+        self.weight_spin.setSingleStep(WEIGHT_STEP)
+        self.weight_spin.setDecimals(2)
+        self.weight_spin.setKeyboardTracking(False)
+        self.weight_spin.setValue(weight)
+        self.weight_spin.setToolTip(f"Strength of {lora_label(name)}: 1 as trained, 0 off, negative inverts it")
+        self.weight_spin.setAccessibleName(f"{lora_label(name)} weight")
+        self.remove_button = QToolButton(text="✕")
+        self.remove_button.setToolTip(f"Remove {lora_label(name)} from the list")
+        self.remove_button.setAccessibleName(f"Remove LoRA {lora_label(name)}")
+        self.weight_spin.valueChanged.connect(self.weight_edited)
+        self.remove_button.clicked.connect(self.remove_requested)
+
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.icon)
+        row.addWidget(self.label, 1)
+        row.addWidget(self.weight_spin)
+        row.addWidget(self.remove_button)
+        self.missing = False
+        self.set_found(None, [])
+
+    def set_found(self, path: Path | None, looked: list[Path]) -> None:
+        self.missing = path is None and bool(looked)
+        self.icon.setVisible(self.missing)
+        self.label.setStyleSheet("color: #ff6b6b;" if self.missing else "")
+        if self.missing:
+            where = ", ".join(str(p) for p in looked)
+            tip = f"{self.name}: not found in {where}. Generate will stop with an error until it is there."
+        else:
+            tip = str(path) if path is not None else self.name
+        self.label.setToolTip(tip)
+        self.icon.setToolTip(tip)
+        self.setAccessibleName(f"LoRA {lora_label(self.name)}" + (" (file not found)" if self.missing else ""))
+
+    def set_weight(self, weight: float) -> None:
+        if self.weight_spin.value() != round(weight, self.weight_spin.decimals()):
+            self.weight_spin.blockSignals(True)
+            self.weight_spin.setValue(weight)
+            self.weight_spin.blockSignals(False)
+
+
+class LoraList(QWidget):
+    """Rows for `session.loras`, then the "Add LoRA…" button; takes one button's height when empty."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._session: SessionModel | None = None
+        self._connections: list[QMetaObject.Connection] = []
+        self._models_dir: Path | None = None
+        self.rows: list[LoraRow] = []
+
+        self.rows_box = QVBoxLayout()
+        self.rows_box.setContentsMargins(0, 0, 0, 0)
+        self.rows_box.setSpacing(2)
+        self.menu = QMenu(self)
+        self.menu.setToolTipsVisible(True)
+        self.menu.aboutToShow.connect(self.refresh_menu)
+        self.add_button = QPushButton("Add LoRA…")
+        self.add_button.setMenu(self.menu)
+        self.add_button.setToolTip(
+            "Add a Stage C LoRA from the models folder's lora/ folder. Prompt tags such as <lora:name:0.8> work "
+            "too; they add to this list."
+        )
+        self.add_button.setAccessibleName("Add LoRA")
+        self.tags_hint = QLabel(wordWrap=True)
+        self.tags_hint.setStyleSheet(f"color: {HINT_COLOUR};")
+        self.tags_hint.hide()
+
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(2)
+        column.addLayout(self.rows_box)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.add_button)
+        buttons.addStretch()
+        column.addLayout(buttons)
+        column.addWidget(self.tags_hint)
+
+    # -- the folder and the model ----------------------------------------------------------------------
+
+    @property
+    def models_dir(self) -> Path | None:
+        return self._models_dir
+
+    def set_models_dir(self, models_dir: str | Path | None) -> None:
+        self._models_dir = Path(models_dir).expanduser() if models_dir else None
+        self.refresh_found()
+
+    @property
+    def session(self) -> SessionModel | None:
+        return self._session
+
+    @session.setter
+    def session(self, session: SessionModel) -> None:
+        for connection in self._connections:
+            QObject.disconnect(connection)
+        self._connections.clear()
+        self._session = session
+        self._connections.append(session.loras_changed.connect(self._show_loras))
+        self._connections.append(session.prompt_changed.connect(self._show_tags))
+        self._show_loras(session.loras)
+        self._show_tags(session.prompt)
+
+    def _show_loras(self, loras) -> None:
+        if [row.name for row in self.rows] == [name for name, _ in loras]:
+            for row, (_, weight) in zip(self.rows, loras, strict=True):
+                row.set_weight(weight)
+        else:
+            self._rebuild(loras)
+        self.add_button.setEnabled(len(loras) < MAX_LORAS)
+
+    def _rebuild(self, loras) -> None:
+        focus = self.focusWidget()
+        focused = next((i for i, row in enumerate(self.rows) if focus and row.isAncestorOf(focus)), None)
+        for row in self.rows:
+            self.rows_box.removeWidget(row)
+            row.hide()
+            row.deleteLater()
+        self.rows = []
+        for index, (name, weight) in enumerate(loras):
+            row = LoraRow(name, weight, self)
+            row.weight_edited.connect(lambda value, i=index: self._set_weight(i, value))
+            row.remove_requested.connect(lambda i=index: self._remove(i))
+            self.rows_box.addWidget(row)
+            row.show()  # now, not at the layout's deferred show: the row is there once the model has changed
+            self.rows.append(row)
+        self.refresh_found()
+        if focused is not None:  # a removed row's focus goes to the next row's remove button, or Add
+            target = self.rows[min(focused, len(self.rows) - 1)].remove_button if self.rows else self.add_button
+            target.setFocus()
+        if self.rows:
+            QWidget.setTabOrder(self.rows[-1].remove_button, self.add_button)
+
+    def refresh_found(self) -> None:
+        """Flag the rows whose file is missing (looked up as the engine does)."""
+        for row in self.rows:
+            if self._models_dir is None:
+                row.set_found(None, [])
+            else:
+                row.set_found(find_lora_file(row.name, self._models_dir), lora_candidates(row.name, self._models_dir))
+
+    def _set_weight(self, index: int, weight: float) -> None:
+        if self._session is None or index >= len(self._session.loras):
+            return
+        loras = list(self._session.loras)
+        loras[index] = (loras[index][0], float(weight))
+        self._session.loras = tuple(loras)
+
+    def _remove(self, index: int) -> None:
+        if self._session is not None and index < len(self._session.loras):
+            self._session.loras = self._session.loras[:index] + self._session.loras[index + 1 :]
+
+    def add(self, name: str, weight: float = 1.0) -> None:
+        """Append `name` (a file stem in the LoRA folder, or a path); a LoRA already listed is not added twice."""
+        session = self._session
+        if session is None or len(session.loras) >= MAX_LORAS or any(n == name for n, _ in session.loras):
+            return
+        session.loras = (*session.loras, (name, float(weight)))
+        self.rows[-1].weight_spin.setFocus()
+
+    def _show_tags(self, prompt: str) -> None:
+        tags = split_lora_tags(prompt)[1]
+        text = ", ".join(f"{lora_label(name)} {weight:g}" for name, weight in tags)
+        self.tags_hint.setText(f"From prompt tags: {text}" if tags else "")
+        self.tags_hint.setToolTip("<lora:…> tags in the prompt add these LoRAs; edit them in the prompt")
+        self.tags_hint.setVisible(bool(tags))
+
+    # -- the menu --------------------------------------------------------------------------------------
+
+    def refresh_menu(self) -> None:
+        """Fill the menu from the LoRA folder now (so files added while the app runs show up)."""
+        self.menu.clear()
+        self.refresh_found()
+        listed = {name for name, _ in self._session.loras} if self._session is not None else set()
+        folder = lora_folder(self._models_dir) if self._models_dir is not None else None
+        names = list_loras(self._models_dir) if self._models_dir is not None else []
+        for name in names:
+            action = self.menu.addAction(name)
+            action.setToolTip(str(folder / f"{name}{LORA_SUFFIX}"))
+            if name in listed:
+                action.setCheckable(True)
+                action.setChecked(True)
+                action.setEnabled(False)
+            else:
+                action.triggered.connect(lambda _=False, n=name: self.add(n))
+        if not names:
+            empty = QAction(f"No LoRA files in {folder}" if folder else "No models folder set", self.menu)
+            empty.setEnabled(False)
+            empty.setToolTip(f"Put Stage C LoRA files ({LORA_SUFFIX}) in {folder}; this menu lists them when it "
+                             "opens" if folder else "Choose a models folder in the preferences")  # fmt: skip
+            self.menu.addAction(empty)
+            if folder is not None:
+                where = QAction(f"Put {LORA_SUFFIX} files there; they show up here", self.menu)
+                where.setEnabled(False)
+                self.menu.addAction(where)
+        self.menu.addSeparator()
+        other = self.menu.addAction("Other file…")
+        other.setToolTip("Add a LoRA file from anywhere (by its path)")
+        other.triggered.connect(self.choose_file)
+        if folder is not None:
+            opener = self.menu.addAction("Open LoRA folder")
+            opener.setToolTip(f"Show {folder} in the file manager (it is made if missing)")
+            opener.triggered.connect(self.open_folder)
+
+    def choose_file(self) -> None:
+        start = str(lora_folder(self._models_dir)) if self._models_dir is not None else ""
+        path, _ = QFileDialog.getOpenFileName(self, "LoRA file", start, f"LoRA files (*{LORA_SUFFIX})")
+        if path:
+            folder = lora_folder(self._models_dir) if self._models_dir is not None else None
+            inside = folder is not None and Path(path).parent == folder and Path(path).suffix == LORA_SUFFIX
+            self.add(Path(path).stem if inside else path)
+
+    def open_folder(self) -> None:
+        if self._models_dir is None:
+            return
+        folder = lora_folder(self._models_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def rows_missing(self) -> list[str]:
+        return [row.name for row in self.rows if row.missing]

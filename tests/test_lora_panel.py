@@ -1,0 +1,204 @@
+"""The prompt panel's LoRA list: the Add menu over <models dir>/lora/, rows bound to `SessionModel.loras`,
+missing files flagged, and the list kept across restarts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtWidgets import QApplication
+
+from cascade_studio.core.paths import LORA_FOLDER, find_lora_file, list_loras, lora_candidates
+from cascade_studio.core.request import MAX_LORA_WEIGHT, GenerationRequest
+from cascade_studio.state.session import SessionModel
+from cascade_studio.ui.prompt_panel import PromptPanel
+from tests.test_window import FakeService, _open, _settings
+
+
+def _lora(models, name: str):
+    folder = models / LORA_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.safetensors"
+    path.write_bytes(b"{}")  # listing only needs the file; the engine reads it at Generate
+    return path
+
+
+@pytest.fixture
+def models(tmp_path):
+    models = tmp_path / "models"
+    _lora(models, "film-grain")
+    _lora(models, "ink")
+    (models / LORA_FOLDER / "notes.txt").write_text("not a LoRA")
+    return models
+
+
+@pytest.fixture
+def panel(qtbot, models):
+    panel = PromptPanel(SessionModel())
+    panel.set_models_dir(models)
+    qtbot.addWidget(panel)
+    panel.resize(360, 900)
+    panel.show()
+    qtbot.waitExposed(panel)
+    return panel
+
+
+def _open_menu(panel) -> dict[str, object]:
+    """Pop the Add menu up (as a click does, without its modal loop) and return its actions by text."""
+    lora = panel.lora_list
+    lora.menu.popup(lora.add_button.mapToGlobal(QPoint(0, lora.add_button.height())))
+    actions = {a.text(): a for a in lora.menu.actions() if not a.isSeparator()}
+    lora.menu.hide()
+    return actions
+
+
+def _rows(panel) -> list[tuple[str, float]]:
+    return [(row.label.text(), row.weight_spin.value()) for row in panel.lora_list.rows]
+
+
+def test_the_torch_free_lister_finds_safetensors_files_and_looks_names_up_as_the_engine_does(models, tmp_path):
+    assert list_loras(models) == ["film-grain", "ink"] and list_loras(tmp_path / "nowhere") == []
+    assert find_lora_file("ink", models) == models / "lora" / "ink.safetensors"
+    assert find_lora_file("ink.safetensors", models) == models / "lora" / "ink.safetensors"
+    assert find_lora_file(str(models / "lora" / "ink.safetensors"), tmp_path) == models / "lora" / "ink.safetensors"
+    assert find_lora_file("ghost", models) is None
+    assert lora_candidates("ghost", models) == [models / "lora" / "ghost.safetensors"]
+    dotted = _lora(models, "style.v2")  # a stem with a dot is still a name, not a file name with a suffix
+    assert "style.v2" in list_loras(models) and find_lora_file("style.v2", models) == dotted
+
+
+def test_add_menu_lists_the_lora_folder_and_adds_a_row_bound_to_the_session(panel, models):
+    session, lora = panel.session, panel.lora_list
+    assert lora.rows == [] and lora.add_button.isVisibleTo(panel)  # empty: only the Add button
+    actions = _open_menu(panel)
+    assert [t for t in actions if t in ("film-grain", "ink", "notes")] == ["film-grain", "ink"]
+    assert "Open LoRA folder" in actions
+    actions["ink"].trigger()
+    assert session.loras == (("ink", 1.0),)
+    assert _rows(panel) == [("ink", 1.0)] and lora.rows[0].isVisibleTo(panel) and not lora.rows[0].missing
+    assert session.request().loras == (("ink", 1.0),)
+    assert session.request().validate().all_loras() == [("ink", 1.0)]
+    again = _open_menu(panel)  # a listed LoRA is shown ticked and is not added twice
+    assert again["ink"].isChecked() and not again["ink"].isEnabled()
+    again["film-grain"].trigger()
+    assert session.loras == (("ink", 1.0), ("film-grain", 1.0))
+    _lora(models, "added-later")  # a file put there while the app runs shows up when the menu opens
+    assert "added-later" in _open_menu(panel)
+
+
+def test_changing_a_weight_updates_the_session_and_the_request(panel, qtbot):
+    session = panel.session
+    session.loras = (("ink", 1.0), ("film-grain", 0.5))
+    spin = panel.lora_list.rows[1].weight_spin
+    assert (spin.minimum(), spin.maximum(), spin.singleStep()) == (-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT, 0.05)
+    spin.stepDown()
+    assert session.loras == (("ink", 1.0), ("film-grain", 0.45))
+    spin.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is spin.lineEdit() or spin.hasFocus())
+    spin.selectAll()
+    qtbot.keyClicks(spin, "-1.25")
+    assert session.loras[1] == ("film-grain", 0.45)  # typing is committed on Return, not per keystroke
+    qtbot.keyClick(spin, Qt.Key.Key_Return)
+    assert session.loras == (("ink", 1.0), ("film-grain", -1.25))
+    assert session.request().loras == (("ink", 1.0), ("film-grain", -1.25))
+    assert panel.lora_list.rows[1].weight_spin is spin  # a weight change keeps the row (and the focus)
+
+
+def test_remove_takes_the_lora_out_of_the_session(panel, qtbot):
+    session = panel.session
+    session.loras = (("ink", 1.0), ("film-grain", 0.5), ("ghost", 2.0))
+    qtbot.mouseClick(panel.lora_list.rows[1].remove_button, Qt.MouseButton.LeftButton)
+    assert session.loras == (("ink", 1.0), ("ghost", 2.0)) and _rows(panel) == [("ink", 1.0), ("ghost", 2.0)]
+    panel.lora_list.rows[0].remove_button.click()
+    panel.lora_list.rows[0].remove_button.click()
+    assert session.loras == () and panel.lora_list.rows == [] and session.request().loras == ()
+
+
+def test_the_rows_follow_the_model_setting_and_recall(panel):
+    session = panel.session
+    session.loras = (("ink", 0.8), ("film-grain", -0.3))
+    assert _rows(panel) == [("ink", 0.8), ("film-grain", -0.3)]
+    first = panel.lora_list.rows[0]
+    session.loras = (("ink", 0.6), ("film-grain", -0.3))
+    assert panel.lora_list.rows[0] is first and first.weight_spin.value() == 0.6
+    request = GenerationRequest("a harbour at night", seed=5, loras=(("film-grain", 0.7),))
+    session.apply_request(request)
+    assert _rows(panel) == [("film-grain", 0.7)] and session.prompt == "a harbour at night"
+    assert session.request() == request.with_(seed=5)
+    session.loras = ()
+    assert panel.lora_list.rows == []
+
+
+def test_a_lora_whose_file_is_missing_is_flagged_until_it_appears(panel, models):
+    session, lora = panel.session, panel.lora_list
+    session.loras = (("ink", 1.0), ("ghost", 0.5))
+    ink, ghost = lora.rows
+    assert not ink.missing and not ink.icon.isVisibleTo(panel)
+    assert ghost.missing and ghost.icon.isVisibleTo(panel)
+    assert (
+        "not found in" in ghost.label.toolTip() and str(models / "lora" / "ghost.safetensors") in ghost.label.toolTip()
+    )
+    assert "not found" in ghost.accessibleName() and "ff6b6b" in ghost.label.styleSheet()
+    assert lora.rows_missing() == ["ghost"]
+    _lora(models, "ghost")
+    _open_menu(panel)  # opening the menu looks again
+    assert not ghost.missing and not ghost.icon.isVisibleTo(panel) and lora.rows_missing() == []
+    panel.set_models_dir(models.parent / "elsewhere")  # another models folder holds neither
+    assert lora.rows_missing() == ["ink", "ghost"]
+
+
+def test_an_empty_folder_says_where_lora_files_go(panel, tmp_path):
+    panel.set_models_dir(tmp_path / "empty-models")
+    actions = _open_menu(panel)
+    empty = next(a for text, a in actions.items() if text.startswith("No LoRA files in"))
+    assert str(tmp_path / "empty-models" / "lora") in empty.text() and not empty.isEnabled()
+    assert "Open LoRA folder" in actions and actions["Open LoRA folder"].isEnabled()
+
+
+def test_prompt_tags_stay_in_the_prompt_and_are_mentioned_under_the_list(panel):
+    session, lora = panel.session, panel.lora_list
+    session.prompt = "a castle <lora:ink:0.6>"
+    assert session.loras == () and lora.rows == []
+    assert lora.tags_hint.isVisibleTo(panel) and "ink 0.6" in lora.tags_hint.text()
+    session.loras = (("film-grain", 0.5),)
+    assert session.request().validate().all_loras() == [("film-grain", 0.5), ("ink", 0.6)]
+    session.prompt = "a castle"
+    assert not lora.tags_hint.isVisibleTo(panel)
+
+
+def test_keyboard_and_accessibility(panel):
+    panel.session.loras = (("ink", 1.0),)
+    row, lora = panel.lora_list.rows[0], panel.lora_list
+    assert panel.lora_label.buddy() is lora.add_button
+    for widget in (row.weight_spin, row.remove_button, lora.add_button):
+        assert widget.toolTip() and widget.accessibleName(), widget
+        assert widget.focusPolicy() & Qt.FocusPolicy.TabFocus, widget
+    assert "ink" in row.weight_spin.accessibleName() and "ink" in row.remove_button.accessibleName()
+
+
+def test_the_list_survives_a_restart_and_old_state_without_it_still_loads(qtbot, tmp_path, models):
+    FakeService.made.clear()
+    settings = _settings(tmp_path)
+    settings.models_dir = str(models)
+    first = _open(qtbot, settings)
+    assert first.prompt_panel.lora_list.models_dir == models
+    _open_menu(first.prompt_panel)["ink"].trigger()
+    first.prompt_panel.lora_list.rows[0].weight_spin.setValue(0.65)
+    first.session.loras = (*first.session.loras, ("ghost", -0.5))
+    first.close()
+    stored = json.loads(_settings(tmp_path).store.value("session/state"))
+    assert stored["loras"] == [["ink", 0.65], ["ghost", -0.5]]
+
+    second = _open(qtbot, _settings(tmp_path))
+    assert second.session.loras == (("ink", 0.65), ("ghost", -0.5))
+    assert _rows(second.prompt_panel) == [("ink", 0.65), ("ghost", -0.5)]
+    assert second.prompt_panel.lora_list.rows_missing() == ["ghost"]
+    second.close()
+
+    old = SessionModel()  # a state saved before the list existed
+    old.restore_state({k: v for k, v in SessionModel().state().items() if k != "loras"} | {"prompt": "kept"})
+    assert old.loras == () and old.prompt == "kept"
+    broken = SessionModel()
+    broken.restore_state({"loras": "ink", "prompt": "still kept"})
+    assert broken.loras == () and broken.prompt == "still kept"
