@@ -285,6 +285,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for name, weight in request.all_loras():  # read and check every LoRA file before the first step
             lora = pipeline.lora_cache.get(find_lora(name, models_dir))
             print(f"LoRA {lora.name} ({lora.layout} layout) at weight {weight:g}", file=sys.stderr)
+            if lora.token_warning:
+                print(f"warning: {lora.token_warning}", file=sys.stderr)
     except (MissingWeights, ValueError) as exc:
         print(f"cascade-studio generate: {exc}", file=sys.stderr)
         return 2

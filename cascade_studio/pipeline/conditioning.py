@@ -30,6 +30,14 @@ project a non-contiguous tensor, which PyTorch's CPU linear does as a slow batch
 :class:`ImageEncoder` returns the projected (not normalised) ViT-L/14 image embedding, (B, 1, 768),
 after CLIP's preprocessing. open_clip itself is imported only when an encoder is built or a prompt
 tokenised, since importing it takes seconds.
+
+Extra tokens for one call (:class:`TokenOverrides`, built from a LoRA's learned token embeddings by
+:func:`cascade_studio.pipeline.lora.token_overrides`): the tokenizer then also recognises the added token
+strings (ids ``vocab + k``, matched case-insensitively anywhere in the prompt and split out before the rest
+is tokenised, as transformers' ``add_tokens`` does), and the embedding lookup takes the given rows for the
+listed ids (new ones and existing ones) and the tower's own rows for every other id. The tower's weights are
+never written, so a call without overrides, or a prompt that uses none of the listed ids, gives exactly the
+plain result.
 """
 
 from __future__ import annotations
@@ -66,7 +74,10 @@ TEXT_MODEL = "ViT-bigG-14"  # laion2b_s39b_b160k: trained with exact GELU
 IMAGE_MODEL = "ViT-L-14-quickgelu"  # ViT-L/14 for the OpenAI weights, which were trained with QuickGELU
 SOT_TOKEN_ID = 49406
 EOT_TOKEN_ID = 49407
+VOCAB_SIZE = 49408  # CLIP's BPE vocabulary (every Stable Cascade text encoder); added tokens get ids from here on
 CONTEXT_LENGTH = 77
+#: open_clip's names of the two special tokens -> transformers' (the names a trainer's regexes saw)
+_HF_SPECIAL_NAMES = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -339,6 +350,42 @@ def _attention_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> t
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenOverrides:
+    """Added tokens and replaced embedding rows for one encoding (the tower's weights are not touched).
+
+    ``added[k]`` is the string of the new token with id ``vocab + k``; ``ids`` (m,) int64 are the ids whose
+    embedding row is ``rows`` (m, width) instead of the tower's: every new id, and any existing id a LoRA
+    retrained. ``rows`` are cast to the encoder's dtype when used.
+    """
+
+    added: tuple[str, ...]
+    ids: torch.Tensor
+    rows: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.ids.dtype != torch.int64 or self.ids.ndim != 1 or self.rows.ndim != 2:
+            raise ValueError("ids must be (m,) int64 and rows (m, width)")
+        if self.rows.shape[0] != self.ids.shape[0] or len(set(self.ids.tolist())) != self.ids.shape[0]:
+            raise ValueError("every listed id needs exactly one row")
+        if len({_normal_token(t) for t in self.added}) != len(self.added) or not all(t.strip() for t in self.added):
+            raise ValueError("added tokens must be distinct, non-blank strings (compared case-insensitively)")
+
+
+def _normal_token(token: str) -> str:
+    return " ".join(token.lower().split())
+
+
+def _added_token_pattern(added: Sequence[str]) -> re.Pattern:
+    """One alternative per added token (group ``t<k>``), longest first, case-insensitive, any run of
+    whitespace matching the token's spaces: transformers matches added tokens on the normalised
+    (lower-cased, whitespace-collapsed) text, leftmost-longest."""
+    order = sorted(range(len(added)), key=lambda k: -len(added[k]))
+    spaces = r"\s+"
+    parts = [f"(?P<t{k}>{spaces.join(re.escape(w) for w in added[k].split())})" for k in order]
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
 class TextEncoder(nn.Module):
     """The CLIP text encoder as Stable Cascade uses it (Hugging Face semantics, open_clip tower).
 
@@ -361,6 +408,7 @@ class TextEncoder(nn.Module):
         self.context_length = int(tower.positional_embedding.shape[0])
         self._tokenizer = tokenizer
         self._tokenizer_model = tokenizer_model
+        self._vocabulary: list[str] | None = None
 
     @classmethod
     def from_file(
@@ -407,18 +455,72 @@ class TextEncoder(nn.Module):
     def width(self) -> int:
         return int(self.tower.token_embedding.weight.shape[1])
 
-    def tokenize(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """(B, 77) token ids: BOS, the prompt, EOT, then zeros; long prompts are cut keeping EOT."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tower.token_embedding.num_embeddings)
+
+    def _base_tokenizer(self) -> Callable[[list[str]], torch.Tensor]:
         if self._tokenizer is None:
             self._tokenizer = _open_clip_tokenizer(self._tokenizer_model, self.context_length)
-        return self._tokenizer(list(prompts))
+        return self._tokenizer
+
+    def vocabulary(self) -> list[str]:
+        """The token strings by id (BPE strings such as ``dog</w>``; the special tokens under transformers'
+        names ``<|startoftext|>`` / ``<|endoftext|>``): what a trainer's token regexes were matched against.
+        Needs open_clip's BPE tokenizer (or any with an ``encoder`` dict) covering the whole vocabulary."""
+        if self._vocabulary is None:
+            encoder = getattr(self._base_tokenizer(), "encoder", None)
+            if not isinstance(encoder, Mapping) or sorted(encoder.values()) != list(range(self.vocab_size)):
+                raise ValueError(
+                    f"this text encoder's tokenizer does not expose its {self.vocab_size}-token vocabulary"
+                )
+            strings = [""] * self.vocab_size
+            for text, index in encoder.items():
+                strings[index] = _HF_SPECIAL_NAMES.get(text, text)
+            self._vocabulary = strings
+        return list(self._vocabulary)
+
+    def tokenize(self, prompts: str | Sequence[str], added: Sequence[str] = ()) -> torch.Tensor:
+        """(B, 77) token ids: BOS, the prompt, EOT, then zeros; long prompts are cut keeping EOT.
+
+        ``added``: extra token strings with ids ``vocab + k``, found case-insensitively anywhere in a prompt
+        (leftmost, longest first) and split out before the text around them is tokenised.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tokenizer = self._base_tokenizer()
+        if not added:
+            return tokenizer(list(prompts))
+        pattern = _added_token_pattern(added)
+        bos = int(tokenizer([""])[0, 0])
+        out = torch.zeros(len(prompts), self.context_length, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids, start = [bos], 0
+            for m in pattern.finditer(prompt):
+                ids += self._plain_ids(prompt[start : m.start()])
+                ids.append(self.vocab_size + int(m.lastgroup[1:]))
+                start = m.end()
+            ids += [*self._plain_ids(prompt[start:]), self.eot_token_id]
+            if len(ids) > self.context_length:
+                ids = ids[: self.context_length]
+                ids[-1] = self.eot_token_id
+            out[row, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def _plain_ids(self, text: str) -> list[int]:
+        """The ids of ``text`` between BOS and EOT (a piece longer than the context ends the prompt anyway)."""
+        if not text.strip():
+            return []
+        row = self._base_tokenizer()([text])[0].tolist()
+        return row[1 : row.index(self.eot_token_id, 1)]
 
     @torch.no_grad()
-    def encode(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(clip_text (B, 77, C), clip_text_pooled (B, 1, C_proj))`` for the prompts."""
-        return self.encode_tokens(self.tokenize(prompts))
+    def encode(
+        self, prompts: str | Sequence[str], tokens: TokenOverrides | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(clip_text (B, 77, C), clip_text_pooled (B, 1, C_proj))`` for the prompts, with ``tokens``'s
+        added tokens and embedding rows if given (for this call only)."""
+        return self.encode_tokens(self.tokenize(prompts, tokens.added if tokens else ()), tokens)
 
     def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """Index of the first end-of-text token in each row; every row must have one."""
@@ -441,19 +543,35 @@ class TextEncoder(nn.Module):
         return (causal[None] & not_padding[:, None, :]).unsqueeze(1)
 
     @torch.no_grad()
-    def encode_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(clip_text (B, L, C), clip_text_pooled (B, 1, C_proj))`` for (B, L) token ids."""
+    def encode_tokens(
+        self, tokens: torch.Tensor, overrides: TokenOverrides | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(clip_text (B, L, C), clip_text_pooled (B, 1, C_proj))`` for (B, L) token ids; ids ``vocab + k``
+        and the rows of listed ids come from ``overrides`` (see :class:`TokenOverrides`)."""
         tower = self.tower
         tokens = torch.as_tensor(tokens).to(self.device, torch.long)
         if tokens.dim() != 2 or tokens.shape[1] != self.context_length:
             raise ValueError(f"tokens must have shape (B, {self.context_length}), not {tuple(tokens.shape)}")
-        vocab = tower.token_embedding.num_embeddings
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-            raise ValueError(f"token ids must lie in [0, {vocab}); this text encoder's vocabulary is {vocab}")
+        vocab = self.vocab_size
+        limit = vocab + (len(overrides.added) if overrides is not None else 0)
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= limit):
+            raise ValueError(f"token ids must lie in [0, {limit}); this text encoder's vocabulary is {vocab}")
         eot = self.eot_positions(tokens)
         mask = self.attention_mask(tokens)
 
-        x = tower.token_embedding(tokens) + tower.positional_embedding.to(self.dtype)
+        x = tower.token_embedding(tokens.clamp(max=vocab - 1) if limit > vocab else tokens)
+        if overrides is not None and overrides.ids.numel():
+            if overrides.rows.shape[1] != self.width:
+                raise ValueError(f"override rows are {overrides.rows.shape[1]} wide, the embeddings {self.width}")
+            missing = set(range(vocab, limit)) - set(overrides.ids.tolist())
+            if missing:
+                raise ValueError(f"added token ids {sorted(missing)} have no embedding row")
+            listed = tokens.unsqueeze(-1) == overrides.ids.to(self.device)  # (B, L, m)
+            hit = listed.any(dim=-1, keepdim=True)
+            if bool(hit.any()):  # other positions keep the tower's rows bit for bit
+                rows = overrides.rows.to(self.device, self.dtype)[listed.int().argmax(dim=-1)]
+                x = torch.where(hit, rows, x)
+        x = x + tower.positional_embedding.to(self.dtype)
         for block in tower.transformer.resblocks:  # batch-first whatever the tower's own layout
             x = _attention_block(block, x, mask)
         clip_text = x
@@ -592,6 +710,8 @@ __all__ = [
     "TRANSFORMERS_LAYOUT",
     "ImageEncoder",
     "TextEncoder",
+    "TokenOverrides",
+    "VOCAB_SIZE",
     "build_text_tower",
     "build_vision_tower",
     "clip_preprocess",

@@ -30,7 +30,7 @@ from .control import (
     resize_image,
 )
 from .graphs import maybe_graphed
-from .lora import LoraCache, find_lora
+from .lora import LoraCache, find_lora, token_overrides
 from .models import MissingWeights, ModelSet
 from .sampling import SeededNoise, diffuse, sample
 
@@ -168,8 +168,10 @@ class Pipeline:
         loras = [(self.lora_cache.get(find_lora(name, m.folder)), weight) for name, weight in request.all_loras()]
 
         with m.using("text_encoder") as (text_encoder,):
+            # A reference LoRA's learned tokens: added for this encoding only (the encoder's weights are not written).
+            tokens = token_overrides([f for f, _ in loras], text_encoder)
             (text_c, text_u), (pooled_c, pooled_u) = (
-                t.chunk(2) for t in text_encoder.encode([prompt, request.negative_prompt])
+                t.chunk(2) for t in text_encoder.encode([prompt, request.negative_prompt], tokens)
             )
         text_c, text_u = text_c.to(dtype).expand(batch, -1, -1), text_u.to(dtype).expand(batch, -1, -1)
         pooled_c, pooled_u = pooled_c.to(dtype).expand(batch, -1, -1), pooled_u.to(dtype).expand(batch, -1, -1)

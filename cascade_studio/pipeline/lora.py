@@ -6,8 +6,8 @@ Two layouts are read:
   (rank × in) and ``weights.<i>.lora_up`` (out × rank), the i-th entry following Stage C's module order over the
   ``.attn`` modules with each attention's ``out_proj`` before its packed ``in_proj_weight``; scale ``alpha / rank``
   with alpha 1 (a ``lora_alpha`` entry in the safetensors metadata overrides it). Optional learned token
-  embeddings ``embeddings.embeddings`` (n × width) and ``embeddings.indices`` (int64 token ids) are read and
-  checked; see :attr:`LoraFile.token_embeddings`.
+  embeddings ``embeddings.embeddings`` (n × width offsets) and ``embeddings.indices`` (int64 token ids), see
+  below.
 * **kohya / ComfyUI** (``lora_prior_unet_<module path with "_" for ".">.lora_down.weight`` / ``.lora_up.weight`` /
   ``.alpha``, also with the plain ``lora_unet_`` prefix, as ComfyUI's ``comfy/lora.py`` maps them for Stable
   Cascade): module paths are the reference Stage C names, with each attention's q, k and v as separate
@@ -17,24 +17,50 @@ Two layouts are read:
 
 Anything else (pickle files, other models' keys, text-encoder LoRA parts, wrong shapes) is refused with a
 :class:`LoraError` naming the file and the problem.
+
+Learned tokens (reference layout, spec §12). The trainer's ``train_tokens`` config, e.g.
+``[['[fernando]', '^dog</w>'], ['^snail', null]]``, lists (token, init regex) pairs: a token written ``[…]`` or
+``<…>`` is added to the tokenizer (transformers' ``add_tokens``: ids 49408, 49409 … in list order, matched
+case-insensitively in the prompt) with an embedding row that starts as the mean of the vocabulary rows whose
+token string matches the init regex (``re.search``; zeros for ``null``); any other token is a regex selecting
+existing vocabulary entries. Every selected id gets a learned offset; the file stores the offsets and ids but
+not the names, so the names come from a ``train_tokens`` metadata entry (JSON, that same list) or a sidecar
+``<stem>.json`` holding ``{"train_tokens": […]}``. :func:`token_overrides` replays the trainer over the
+vocabulary to rebuild each new row (init mean + offset) and gives the existing ids their row + offset, for one
+job. Offsets of existing ids apply even without names; new tokens of a file without names are left out, with a
+warning (:attr:`LoraFile.token_warning`). The offsets do not scale with the LoRA's weight (the reference has
+no weight for them; a half-learned token is no use), and the offsets of several LoRAs for the same existing
+id add up. Two LoRAs may add the same token only with the same row.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..core.paths import find_lora_file, list_loras, lora_candidates, lora_folder
 from ..networks.common import MultiheadAttention
 from ..networks.lora import LoraDelta, check_deltas
 from .checkpoints import CheckpointError, read_header
+from .conditioning import VOCAB_SIZE, TextEncoder, TokenOverrides
 
-LORA_FOLDER = "lora"
+log = logging.getLogger(__name__)
+
+#: safetensors metadata key (and sidecar ``<stem>.json`` key) naming a reference LoRA's tokens
+TRAIN_TOKENS = "train_tokens"
 _KOHYA = re.compile(r"^(lora_prior_unet_|lora_unet_)(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 _REFERENCE = re.compile(r"^weights\.(\d+)\.(lora_down|lora_up)$")
+_NAMING_HELP = (
+    'a train_tokens metadata entry or a {stem}.json next to the file holding {{"train_tokens": '
+    '[["[token]", "^init regex"], …]}}, the list from the training config (see docs/formats.md)'
+)
 
 
 class LoraError(ValueError):
@@ -47,6 +73,10 @@ class LoraFile:
     layout: str  # "reference" or "kohya"
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
+    #: the trainer's ``train_tokens`` (token, init regex or None) pairs, if the file's tokens are named
+    train_tokens: tuple[tuple[str, str | None], ...] | None = None
+    #: where ``train_tokens`` came from (for messages): "its train_tokens metadata" or the sidecar's path
+    token_source: str = ""
 
     @property
     def name(self) -> str:
@@ -54,11 +84,30 @@ class LoraFile:
 
     @property
     def token_embeddings(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The reference format's learned token offsets (n × width, int64 ids), or None. Not applied to the text
-        encoder yet: the file does not name the tokens it adds (the trainer's ``train_tokens`` config does)."""
+        """The reference format's learned token offsets (n × width, int64 ids), or None; applied through
+        :func:`token_overrides`."""
         if "embeddings.embeddings" in self.tensors:
             return self.tensors["embeddings.embeddings"], self.tensors["embeddings.indices"]
         return None
+
+    @property
+    def new_token_count(self) -> int:
+        """How many tokens the file adds to the vocabulary (embedding ids from 49408 on)."""
+        emb = self.token_embeddings
+        return 0 if emb is None else int((emb[1] >= VOCAB_SIZE).sum())
+
+    @property
+    def token_warning(self) -> str | None:
+        """Why some of the file's learned tokens are not applied (it does not name them), or None."""
+        count = self.new_token_count
+        if not count or self.train_tokens is not None:
+            return None
+        them, s = ("them", "s are") if count > 1 else ("it", " is")
+        return (
+            f"LoRA {self.name}: its {count} learned token{s} not applied, the file does not name {them} (its "
+            f"Stage C weights apply); name {them} in {sidecar_path(self.path).name} next to it, "
+            '{"train_tokens": [["[token]", "^init regex"], …]} as in the training config (see docs/formats.md)'
+        )
 
     def deltas(self, network: nn.Module) -> list[LoraDelta]:
         """The deltas for ``network`` (a Stage C); raises :class:`LoraError` when the file does not fit it."""
@@ -143,26 +192,16 @@ def reference_lora_tensors(
 
 
 def find_lora(name: str, models_dir: str | Path) -> Path:
-    """The file for ``name``: an existing path as given, else ``<models_dir>/lora/<name>[.safetensors]``."""
-    given = Path(name).expanduser()
-    if given.is_absolute() or given.suffix:
-        candidates = [given] if given.is_absolute() else [Path(models_dir) / LORA_FOLDER / given, given]
-    else:
-        candidates = [Path(models_dir) / LORA_FOLDER / f"{name}.safetensors"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    folder = Path(models_dir) / LORA_FOLDER
+    """The file for ``name``: an existing path as given, else ``<models_dir>/lora/<name>[.safetensors]`` (the same
+    lookup as the prompt panel's list, :func:`core.paths.lora_candidates`)."""
+    path = find_lora_file(name, models_dir)
+    if path is not None:
+        return path
     known = list_loras(models_dir)
     raise LoraError(
-        f"LoRA {name!r} not found (looked for {', '.join(str(p) for p in candidates)}); "
-        + (f"the LoRA folder holds: {', '.join(known)}" if known else f"put LoRA files in {folder}")
+        f"LoRA {name!r} not found (looked for {', '.join(str(p) for p in lora_candidates(name, models_dir))}); "
+        + (f"the LoRA folder holds: {', '.join(known)}" if known else f"put LoRA files in {lora_folder(models_dir)}")
     )
-
-
-def list_loras(models_dir: str | Path) -> list[str]:
-    folder = Path(models_dir) / LORA_FOLDER
-    return sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
 
 
 def read_lora(path: str | Path) -> LoraFile:
@@ -188,6 +227,7 @@ def read_lora(path: str | Path) -> LoraFile:
     if not tensors:
         raise LoraError(f"LoRA {path}: the file holds no tensors")
     keys = set(tensors)
+    names, source = None, ""
     if all(_REFERENCE.match(k) or k in ("embeddings.embeddings", "embeddings.indices") for k in keys):
         layout = "reference"
         ids = sorted({int(_REFERENCE.match(k).group(1)) for k in keys if _REFERENCE.match(k)})
@@ -206,6 +246,7 @@ def read_lora(path: str | Path) -> LoraFile:
                     f"LoRA {path}: token embeddings must be (n × width) with n int64 indices "
                     f"(got {tuple(emb.shape)} and {tuple(idx.shape)} {idx.dtype})"
                 )
+            names, source = _check_tokens(path, idx.tolist(), metadata)
     elif all(_KOHYA.match(k) for k in keys):
         layout = "kohya"
     else:
@@ -215,10 +256,214 @@ def read_lora(path: str | Path) -> LoraFile:
             "(weights.<i>.lora_down/lora_up) and the kohya/ComfyUI layout (lora_prior_unet_….lora_down.weight); "
             "text-encoder LoRA parts (lora_te…) are not supported"
         )
-    for key, tensor in tensors.items():
+    return _checked_floats(LoraFile(path, layout, tensors, metadata, names, source))
+
+
+def _checked_floats(lora: LoraFile) -> LoraFile:
+    for key, tensor in lora.tensors.items():
         if key != "embeddings.indices" and not tensor.is_floating_point():
-            raise LoraError(f"LoRA {path}: {key} is {tensor.dtype}, not a floating-point tensor")
-    return LoraFile(path, layout, tensors, metadata)
+            raise LoraError(f"LoRA {lora.path}: {key} is {tensor.dtype}, not a floating-point tensor")
+    return lora
+
+
+def sidecar_path(path: Path) -> Path:
+    """``<stem>.json`` next to a LoRA file: where its ``train_tokens`` may be given."""
+    return path.with_suffix(".json")
+
+
+def _is_new_token(token: str) -> bool:
+    """The trainer's test: ``[…]`` and ``<…>`` tokens are added to the vocabulary, others are regexes."""
+    return (token.startswith("[") and token.endswith("]")) or (token.startswith("<") and token.endswith(">"))
+
+
+def _parse_train_tokens(value: object, where: str) -> tuple[tuple[str, str | None], ...]:
+    pairs = []
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where} must be a non-empty list of [token, init regex or null] pairs")
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not item[0].strip()
+            or not (item[1] is None or isinstance(item[1], str))
+        ):
+            raise ValueError(f"{where}: {json.dumps(item)} is not a [token, init regex or null] pair")
+        token, init = item
+        for regex in (init,) if _is_new_token(token) else (token, init):
+            if regex is not None:
+                try:
+                    re.compile(regex)
+                except re.error as exc:
+                    raise ValueError(f"{where}: {regex!r} is not a valid regular expression ({exc})") from None
+        pairs.append((token, init))
+    return tuple(pairs)
+
+
+def _token_names(path: Path, metadata: dict[str, str]) -> tuple[tuple[tuple[str, str | None], ...] | None, str]:
+    """A reference LoRA's ``train_tokens`` from its metadata and/or its sidecar ``<stem>.json`` (which must agree
+    when both give them); ``(None, "")`` when neither does. A sidecar without the key (another tool's notes on
+    the LoRA) is not ours and is ignored."""
+    found: list[tuple[tuple[tuple[str, str | None], ...], str]] = []
+    if TRAIN_TOKENS in metadata:
+        where = "its train_tokens metadata"
+        try:
+            found.append((_parse_train_tokens(json.loads(metadata[TRAIN_TOKENS]), where), where))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            help_ = _NAMING_HELP.format(stem=path.stem)
+            raise LoraError(f"LoRA {path}: {where} is not usable ({exc}); it must be {help_}") from None
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and TRAIN_TOKENS in data:
+                found.append((_parse_train_tokens(data[TRAIN_TOKENS], f"{sidecar}: train_tokens"), str(sidecar)))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise LoraError(
+                f"LoRA {path}: its token names in {sidecar} are not usable ({exc}); the file must hold "
+                '{"train_tokens": [["[token]", "^init regex"], …]} (see docs/formats.md)'
+            ) from None
+    if len(found) == 2 and found[0][0] != found[1][0]:
+        raise LoraError(
+            f"LoRA {path}: its train_tokens metadata and {sidecar} name different tokens; remove or correct {sidecar}"
+        )
+    return found[0] if found else (None, "")
+
+
+def _check_tokens(
+    path: Path, indices: list[int], metadata: dict[str, str]
+) -> tuple[tuple[tuple[str, str | None], ...] | None, str]:
+    """Check the token ids (distinct; new ones 49408, 49409 … as the trainer numbers them) and that the names,
+    if any, add as many tokens as the file has new ids."""
+    if len(set(indices)) != len(indices) or min(indices, default=0) < 0:
+        raise LoraError(f"LoRA {path}: embeddings.indices must be distinct token ids ≥ 0")
+    new = sorted(i for i in indices if i >= VOCAB_SIZE)
+    if new != list(range(VOCAB_SIZE, VOCAB_SIZE + len(new))):
+        raise LoraError(
+            f"LoRA {path}: its new token ids {new} are not {VOCAB_SIZE}, {VOCAB_SIZE + 1} … as the trainer numbers "
+            "the tokens it adds (a LoRA for another text encoder?)"
+        )
+    names, source = _token_names(path, metadata)
+    if names is not None:
+        added = [t for t, _ in names if _is_new_token(t)]
+        if len(added) != len(new):
+            raise LoraError(
+                f"LoRA {path}: {source} adds {len(added)} token{'s' if len(added) != 1 else ''} "
+                f"({', '.join(added) or 'none'}; added are the ones written […] or <…>) but the file holds "
+                f"learned embeddings for {len(new)} new token{'s' if len(new) != 1 else ''} (ids ≥ {VOCAB_SIZE}); "
+                "give train_tokens exactly as in the training config"
+            )
+        if len({t.lower() for t in added}) != len(added):
+            raise LoraError(f"LoRA {path}: {source} adds a token twice ({', '.join(added)})")
+    return names, source
+
+
+def _replay_trainer(lora: LoraFile, vocabulary: list[str], table: torch.Tensor) -> tuple[set[int], list[torch.Tensor]]:
+    """What ``train_c_lora.py`` did with the file's ``train_tokens``: the ids it gave offsets to, and the initial
+    rows (float32, rounded to ``table``'s dtype as the trainer's were) of the tokens it added, in order.
+
+    As there, each regex is ``re.search``-ed over the vocabulary as it stands at that point (with the tokens added
+    so far, the one just added included), and a new row is the mean of the matching rows."""
+    strings = list(vocabulary)
+    vocab = len(strings)
+    rows: list[torch.Tensor] = []
+    selected: set[int] = set()
+
+    def matches(regex: str) -> list[int]:
+        return [i for i, text in enumerate(strings) if re.search(regex, text) is not None]
+
+    def row(i: int) -> torch.Tensor:
+        return table[i].float() if i < vocab else rows[i - vocab]
+
+    for token, init in lora.train_tokens or ():
+        if not _is_new_token(token):
+            selected.update(matches(token))
+            continue
+        if token in strings:
+            raise LoraError(f"LoRA {lora.path}: {lora.token_source} adds {token!r}, which the vocabulary already has")
+        new_id = len(strings)
+        strings.append(token)  # add_tokens comes before the init regex is searched
+        if init is None:
+            rows.append(torch.zeros(table.shape[1], device=table.device))
+        else:
+            found = matches(init)
+            if new_id in found or not found:
+                why = "matches the new token itself" if found else "matches no vocabulary entry"
+                raise LoraError(
+                    f"LoRA {lora.path}: the init regex {init!r} of {token!r} in {lora.token_source} {why}, so "
+                    "the trainer cannot have used it; give train_tokens exactly as in the training config (null "
+                    "for a token that started as zeros)"
+                )
+            mean = torch.stack([row(i) for i in found]).mean(dim=0)
+            rows.append(mean.to(table.dtype).float())
+        selected.add(new_id)
+    return selected, rows
+
+
+def _few(ids) -> str:
+    ids = sorted(ids)
+    return ", ".join(map(str, ids[:6])) + (f" … ({len(ids)} ids)" if len(ids) > 6 else "")
+
+
+def token_overrides(loras: Sequence[LoraFile], encoder: TextEncoder) -> TokenOverrides | None:
+    """The added tokens and embedding rows of ``loras``'s learned token embeddings for one encoding with
+    ``encoder`` (whose weights are only read), or
+    None when none has any. Raises :class:`LoraError` naming the file when they do not fit; logs
+    :attr:`LoraFile.token_warning` for files whose new tokens are not named."""
+    files = [f for f in loras if f.token_embeddings is not None]
+    if not files:
+        return None
+    table = encoder.tower.token_embedding.weight
+    vocab, width = table.shape
+    vocabulary = None
+    added: dict[str, tuple[str, torch.Tensor, LoraFile]] = {}  # lower-cased token -> (token, row, file)
+    existing: dict[int, torch.Tensor] = {}  # id -> summed offsets
+    for f in files:
+        offsets, indices = f.token_embeddings
+        if offsets.shape[1] != width or vocab != VOCAB_SIZE:
+            raise LoraError(
+                f"LoRA {f.path}: its learned token embeddings are {offsets.shape[1]} wide for a {VOCAB_SIZE}-token "
+                f"vocabulary, this text encoder's are {width} wide for {vocab} (a LoRA for another text encoder)"
+            )
+        offsets = offsets.to(table.device, torch.float32)
+        ids = indices.tolist()
+        if f.train_tokens is None:
+            if f.token_warning:
+                log.warning("%s", f.token_warning)
+        else:
+            if vocabulary is None:
+                try:
+                    vocabulary = encoder.vocabulary()
+                except ValueError as exc:
+                    raise LoraError(f"LoRA {f.path}: its tokens cannot be added ({exc})") from None
+            selected, rows = _replay_trainer(f, vocabulary, table)
+            if selected != set(ids):
+                raise LoraError(
+                    f"LoRA {f.path}: {f.token_source} selects token ids {_few(selected)} but the file holds learned "
+                    f"embeddings for ids {_few(ids)}; these train_tokens are not the ones it was trained with"
+                )
+            new_tokens = [t for t, _ in f.train_tokens if _is_new_token(t)]
+            for k, token in enumerate(new_tokens):
+                final = rows[k] + offsets[ids.index(vocab + k)]
+                key = " ".join(token.lower().split())
+                if key in added and not torch.equal(added[key][1], final):
+                    raise LoraError(
+                        f"LoRA {f.path} and LoRA {added[key][2].path} both add the token {token!r} with different "
+                        "embeddings; use one of them at a time"
+                    )
+                added.setdefault(key, (token, final, f))
+        for i, index in enumerate(ids):
+            if index < vocab:
+                existing[index] = existing[index] + offsets[i] if index in existing else offsets[i]
+    if not added and not existing:
+        return None
+    base_ids = sorted(existing)
+    final_rows = [table[i].float() + existing[i] for i in base_ids] + [row for _, row, _ in added.values()]
+    return TokenOverrides(
+        added=tuple(token for token, _, _ in added.values()),
+        ids=torch.tensor(base_ids + list(range(vocab, vocab + len(added))), dtype=torch.int64),
+        rows=torch.stack(final_rows),
+    )
 
 
 class LoraCache:
@@ -230,7 +475,9 @@ class LoraCache:
 
     def get(self, path: Path) -> LoraFile:
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        sidecar = sidecar_path(path)  # token names may live there: a new or edited sidecar means a new read
+        side = (sidecar.stat().st_size, sidecar.stat().st_mtime_ns) if sidecar.is_file() else None
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, side)
         if key not in self._files:
             if len(self._files) >= self.limit:
                 self._files.pop(next(iter(self._files)))

@@ -256,6 +256,7 @@ class GpuWorker(QObject):
         from ..core.inpaint import InputError, load_mask
         from ..pipeline.generate import Cancelled
         from ..pipeline.images import load_image
+        from ..pipeline.lora import find_lora
         from ..pipeline.models import MissingWeights
 
         try:
@@ -265,8 +266,12 @@ class GpuWorker(QObject):
             raise _Failure(str(exc), "missing_weights") from None
         except InputError as exc:  # a ControlNet that does not fit this Stage C
             raise _Failure(str(exc), "invalid") from None
-        if plan.note:
-            self.job_note.emit(job.id, plan.note)  # e.g. "inpainting by latent blending (…)"
+        notes = [plan.note] if plan.note else []  # e.g. "inpainting by latent blending (…)"
+        for name, _ in request.all_loras():  # a LoRA whose learned tokens cannot be used says so (read once, cached)
+            lora = pipeline.lora_cache.get(find_lora(name, pipeline.models.folder))
+            notes += [lora.token_warning] if lora.token_warning else []
+        if notes:
+            self.job_note.emit(job.id, "; ".join(notes))
         model_name = "demo" if config.demo else files["stage_c"].name.removesuffix(".safetensors")
         inputs = {}
         try:
