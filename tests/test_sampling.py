@@ -430,3 +430,21 @@ def test_argument_errors_are_raised_at_call_time(kwargs, name):
 
     with pytest.raises(ValueError, match=name):
         sample(predict, torch.zeros(1, 1, 2, 2), **args)  # no iteration needed
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_skipping_the_unconditional_branch_equals_guidance_one(sampler):
+    # The pipeline runs cfg 1 as cfg=None (conditional half only); the full guided path at cfg 1 must agree.
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((2, 3, 4, 4))).float()
+    zs = np.random.default_rng(4).standard_normal((6, 2, 3, 4, 4))
+    predict = torch_predict()
+
+    def conditional_only(x, r):
+        return predict(torch.cat([x, x]), torch.cat([r, r]))[: x.shape[0]]
+
+    guided = list(sample(predict, x, steps=5, cfg=1.0, shift=2.0, sampler=sampler, noise=fixed_noise(zs)))
+    skipped = list(sample(conditional_only, x, steps=5, cfg=None, shift=2.0, sampler=sampler, noise=fixed_noise(zs)))
+    assert len(guided) == len(skipped) == 5
+    for a, b in zip(guided, skipped):
+        torch.testing.assert_close(a.x, b.x, rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(a.x0, b.x0, rtol=1e-4, atol=2e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cascade_studio.networks.stage_a import StageA
@@ -104,3 +105,41 @@ def test_quantize_snaps_to_nearest_codebook_entry():
     theirs = to_diffusers_paella(model).eval()
     ref = theirs.decode(theirs.encode(x).latents, force_not_quantize=False).sample
     _assert_close(model.decode(q), ref)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("shape", [(1, 4, 16, 16), (2, 4, 13, 21), (1, 4, 1, 7)])
+@pytest.mark.parametrize("tile_pixels", [1, 40, 300])
+def test_strip_decode_equals_plain_decode(shape, tile_pixels):
+    # Strips of one row, odd heights, strips ending exactly at the bottom, batch 2: all the plain decode.
+    model = randomize_(StageA(levels=2, bottleneck_blocks=3, c_hidden=32, codebook_size=16), 5)
+    z = torch.randn(*shape, generator=torch.Generator().manual_seed(6))
+    plain = model.decode(z)
+    strips = model.decode(z, tile_pixels=tile_pixels)
+    assert strips.shape == plain.shape
+    _assert_close(strips, plain)
+
+
+@torch.no_grad()
+def test_strip_decode_bounds_memory_to_strips():
+    # The MLP's 4x wider hidden activations exist only per strip: no tensor the size of the full hidden map.
+    model = randomize_(StageA(levels=2, bottleneck_blocks=2, c_hidden=32, codebook_size=16), 7)
+    z = torch.randn(1, 4, 32, 32)
+    largest = []
+
+    def record(module, args, output):
+        largest.append(output.numel())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        model.decode(z, tile_pixels=128)
+    finally:
+        for h in hooks:
+            h.remove()
+    full_hidden = 32 * 32 * 32 * 4
+    assert max(largest) <= 2 * 64 * 32 * 4 < full_hidden  # at most a strip of 2 rows x 64 columns at level 0
+
+
+def test_strip_decode_rejects_a_nonpositive_tile():
+    with pytest.raises(ValueError, match="tile_pixels"):
+        _tiny().decode(torch.zeros(1, 4, 4, 4), tile_pixels=0)

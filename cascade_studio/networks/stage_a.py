@@ -47,8 +47,31 @@ class StageAResBlock(nn.Module):
         g = self.gammas
         h = self._norm_nhwc(x) * (1 + g[0]) + g[1]
         x = x + self.depthwise(h.permute(0, 3, 1, 2)) * g[2]
+        return self._mlp_half(x)
+
+    def _mlp_half(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gammas
         h = self._norm_nhwc(x) * (1 + g[3]) + g[4]
         return x + self.channelwise(h).permute(0, 3, 1, 2) * g[5]
+
+    def forward_rows(self, x: torch.Tensor, out: torch.Tensor, rows: int) -> torch.Tensor:
+        """``forward(x)`` written into ``out`` (same shape, not ``x``), ``rows`` image rows at a time.
+
+        Exact: the depthwise 3×3 conv sees one halo row above and below each strip (the replication pad
+        only at the image's own top and bottom), and everything else acts on single pixels. Only strip-sized
+        temporaries are allocated, so a large decode holds two full-size tensors instead of a dozen.
+        """
+        g = self.gammas
+        conv = self.depthwise[1]
+        height = x.shape[2]
+        for r0 in range(0, height, rows):
+            r1 = min(height, r0 + rows)
+            a0, a1 = max(0, r0 - 1), min(height, r1 + 1)
+            h = (self._norm_nhwc(x[:, :, a0:a1]) * (1 + g[0]) + g[1]).permute(0, 3, 1, 2)
+            h = F.pad(h, (1, 1, int(r0 == 0), int(r1 == height)), mode="replicate")
+            y = x[:, :, r0:r1] + F.conv2d(h, conv.weight, conv.bias, groups=conv.groups) * g[2]
+            out[:, :, r0:r1] = self._mlp_half(y)
+        return out
 
 
 class VectorQuantizer(nn.Module):
@@ -159,12 +182,61 @@ class StageA(nn.Module):
             return q / self.scale_factor, h / self.scale_factor, indices, None
         return h / self.scale_factor, None, None, None
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode latents (as produced by Stage B / ``encode``) into unclamped images."""
+    def decode(self, x: torch.Tensor, *, tile_pixels: int | None = None) -> torch.Tensor:
+        """Decode latents (as produced by Stage B / ``encode``) into unclamped images.
+
+        ``tile_pixels`` decodes in horizontal strips of about that many pixels per layer (see
+        :meth:`_decode_in_strips`): the same result, with peak memory bounded by two full-size feature maps.
+        """
+        if tile_pixels is not None:
+            return self._decode_in_strips(x, tile_pixels)
         x = self.up_blocks(x * self.scale_factor)
         return self.out_block(x)
+
+    def _decode_in_strips(self, x: torch.Tensor, tile_pixels: int) -> torch.Tensor:
+        """The decoder run layer by layer, each layer over row strips of about ``tile_pixels`` pixels.
+
+        Unlike overlapping image tiles this needs no seam blending and no wide halo (the receptive field of
+        the whole decoder is ~14 latent pixels): each layer's strip reads at most one extra row either side of
+        its input, so the output equals the plain decode up to float rounding. Residual blocks alternate
+        between two full-size buffers; the MLP's 4× wider hidden activations exist only per strip.
+        """
+        if tile_pixels < 1:
+            raise ValueError(f"tile_pixels must be positive (got {tile_pixels})")
+        x = self.up_blocks[0](x * self.scale_factor)
+        spare: torch.Tensor | None = None
+        for layer in list(self.up_blocks)[1:]:
+            rows = max(1, tile_pixels // (x.shape[0] * x.shape[3]))
+            if isinstance(layer, StageAResBlock):
+                if spare is None or spare.shape != x.shape:
+                    spare = torch.empty_like(x)
+                x, spare = layer.forward_rows(x, spare, rows), x
+            elif isinstance(layer, nn.ConvTranspose2d):
+                x, spare = _conv_transpose_rows(layer, x, rows), None
+            else:
+                raise TypeError(f"no strip-wise decode for {type(layer).__name__}")
+        rows = max(1, tile_pixels // (x.shape[0] * x.shape[3]))
+        return torch.cat([self.out_block(x[:, :, r : r + rows]) for r in range(0, x.shape[2], rows)], dim=2)
 
     def forward(self, x: torch.Tensor, quantize: bool = False) -> tuple[torch.Tensor, None]:
         """Reconstruct ``x``; returns (images, loss) with the training-only loss always ``None``."""
         z = self.encode(x, quantize)[0]
         return self.decode(z), None
+
+
+def _conv_transpose_rows(layer: nn.ConvTranspose2d, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``layer(x)`` for Stage A's 4×4 / stride 2 / padding 1 up-sampling, ``rows`` input rows at a time.
+
+    Output rows 2·r0 … 2·r1 − 1 depend on input rows r0 − 1 … r1, so each strip is computed with one halo row
+    either side and the rows the halo contributes to only partially are cut off.
+    """
+    if (layer.kernel_size, layer.stride, layer.padding, layer.output_padding) != ((4, 4), (2, 2), (1, 1), (0, 0)):
+        raise ValueError("strip-wise ConvTranspose2d expects kernel 4, stride 2, padding 1")
+    height = x.shape[2]
+    out = x.new_empty(x.shape[0], layer.out_channels, 2 * height, 2 * x.shape[3])
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        a0, a1 = max(0, r0 - 1), min(height, r1 + 1)
+        y = layer(x[:, :, a0:a1])
+        out[:, :, 2 * r0 : 2 * r1] = y[:, :, 2 * (r0 - a0) : 2 * (r1 - a0)]
+    return out

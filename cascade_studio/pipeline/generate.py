@@ -79,6 +79,13 @@ class Plan:
     controlnet: str | None = None
 
 
+#: Pixels per strip of the strip-wise Stage A decode (networks/stage_a.py), per device type. On the CPU, strips small
+#: enough that the MLP's hidden activations (4096 × 1536 float32, 24 MiB) stay below glibc's mmap threshold are reused
+#: from the heap instead of being faulted in afresh for every layer; on a GPU a 1024² image is one strip and 2048²
+#: four, so big images decode in a bounded amount of memory.
+STAGE_A_TILE_PIXELS = {"cpu": 4096, "cuda": 1 << 18}
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] → (B, H, W, 3) uint8 (clamped, rounded)."""
     return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -266,8 +273,11 @@ class Pipeline:
         )
 
         with m.using("stage_a") as (stage_a,):
-            # One image at a time: a float32 decode of a batch at 1024² would hold several GiB of activations.
-            pixels = np.concatenate([to_uint8(stage_a.decode(latent_b[i : i + 1].float())) for i in range(batch)])
+            # One image at a time, in strips: a plain float32 decode at 1024² holds several GiB of activations.
+            tile = STAGE_A_TILE_PIXELS.get(self.device.type, STAGE_A_TILE_PIXELS["cpu"])
+            pixels = np.concatenate(
+                [to_uint8(stage_a.decode(latent_b[i : i + 1].float(), tile_pixels=tile)) for i in range(batch)]
+            )
         report(ProgressEvent("a", 1, 1))
         if job is not None:
             pixels = [job.paste(pixels[i], request.mask_feather) for i in range(batch)]
