@@ -47,31 +47,42 @@ class StageAResBlock(nn.Module):
         g = self.gammas
         h = self._norm_nhwc(x) * (1 + g[0]) + g[1]
         x = x + self.depthwise(h.permute(0, 3, 1, 2)) * g[2]
-        return self._mlp_half(x)
-
-    def _mlp_half(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.gammas
         h = self._norm_nhwc(x) * (1 + g[3]) + g[4]
         return x + self.channelwise(h).permute(0, 3, 1, 2) * g[5]
 
-    def forward_rows(self, x: torch.Tensor, out: torch.Tensor, rows: int) -> torch.Tensor:
-        """``forward(x)`` written into ``out`` (same shape, not ``x``), ``rows`` image rows at a time.
-
-        Exact: the depthwise 3×3 conv sees one halo row above and below each strip (the replication pad
-        only at the image's own top and bottom), and everything else acts on single pixels. Only strip-sized
-        temporaries are allocated, so a large decode holds two full-size tensors instead of a dozen.
-        """
+    def folded(self) -> tuple[torch.Tensor, ...]:
+        """The block's parameters with the six scalars folded in (for :meth:`forward_strips`): LayerNorm weights and
+        biases ``1 + g0, g1`` and ``1 + g3, g4``, the depthwise conv scaled by ``g2``, the MLP's output layer by
+        ``g5``."""
         g = self.gammas
-        conv = self.depthwise[1]
-        height = x.shape[2]
+        conv, first, last = self.depthwise[1], self.channelwise[0], self.channelwise[2]
+        ones = torch.ones(conv.in_channels, dtype=g.dtype, device=g.device)
+        return (
+            ones * (1 + g[0]), ones * g[1], conv.weight * g[2], conv.bias * g[2],
+            ones * (1 + g[3]), ones * g[4], first.weight, first.bias, last.weight * g[5], last.bias * g[5],
+        )  # fmt: skip
+
+    def forward_strips(self, x: torch.Tensor, out: torch.Tensor, rows: int, folded: tuple[torch.Tensor, ...]) -> None:
+        """``forward`` on one channels-last image ``x`` (H, W, C), written into ``out`` (same shape), ``rows`` rows
+        at a time.
+
+        Exact up to float rounding: the depthwise 3×3 conv reads one halo row above and below each strip (the
+        replication pad applies only at the image's own edges) and everything else acts on single pixels. Each
+        strip's temporaries are strip-sized; the residual adds go straight into ``out``, the second one inside
+        the MLP's last matrix product.
+        """
+        w0, b0, conv_w, conv_b, w3, b3, w_in, b_in, w_out, b_out = folded
+        height, channels = x.shape[0], x.shape[2]
         for r0 in range(0, height, rows):
             r1 = min(height, r0 + rows)
             a0, a1 = max(0, r0 - 1), min(height, r1 + 1)
-            h = (self._norm_nhwc(x[:, :, a0:a1]) * (1 + g[0]) + g[1]).permute(0, 3, 1, 2)
+            h = F.layer_norm(x[a0:a1], (channels,), w0, b0, self.eps).permute(2, 0, 1).unsqueeze(0)
             h = F.pad(h, (1, 1, int(r0 == 0), int(r1 == height)), mode="replicate")
-            y = x[:, :, r0:r1] + F.conv2d(h, conv.weight, conv.bias, groups=conv.groups) * g[2]
-            out[:, :, r0:r1] = self._mlp_half(y)
-        return out
+            d = F.conv2d(h, conv_w, conv_b, groups=channels)[0].permute(1, 2, 0)
+            y = torch.add(x[r0:r1], d, out=out[r0:r1])
+            hidden = F.gelu(F.linear(F.layer_norm(y, (channels,), w3, b3, self.eps), w_in, b_in))
+            flat = y.view(-1, channels).add_(b_out)
+            flat.addmm_(hidden.view(-1, hidden.shape[-1]), w_out.t())
 
 
 class VectorQuantizer(nn.Module):
@@ -189,34 +200,39 @@ class StageA(nn.Module):
         :meth:`_decode_in_strips`): the same result, with peak memory bounded by two full-size feature maps.
         """
         if tile_pixels is not None:
-            return self._decode_in_strips(x, tile_pixels)
+            if tile_pixels < 1:
+                raise ValueError(f"tile_pixels must be positive (got {tile_pixels})")
+            return torch.stack([self._decode_in_strips(z, tile_pixels) for z in x])
         x = self.up_blocks(x * self.scale_factor)
         return self.out_block(x)
 
-    def _decode_in_strips(self, x: torch.Tensor, tile_pixels: int) -> torch.Tensor:
-        """The decoder run layer by layer, each layer over row strips of about ``tile_pixels`` pixels.
+    def _decode_in_strips(self, z: torch.Tensor, tile_pixels: int) -> torch.Tensor:
+        """One latent (C, H, W) decoded layer by layer, each layer over row strips of about ``tile_pixels`` pixels,
+        in channels-last (H, W, C) layout so that every strip is one contiguous block of memory.
 
-        Unlike overlapping image tiles this needs no seam blending and no wide halo (the receptive field of
-        the whole decoder is ~14 latent pixels): each layer's strip reads at most one extra row either side of
-        its input, so the output equals the plain decode up to float rounding. Residual blocks alternate
-        between two full-size buffers; the MLP's 4× wider hidden activations exist only per strip.
+        Unlike overlapping image tiles this needs no seam blending and no wide halo (the receptive field of the
+        whole decoder is ~14 latent pixels): each layer's strip reads at most one extra row either side of its
+        input, so the output equals the plain decode up to float rounding. Residual blocks alternate between two
+        full-size buffers; the MLP's 4× wider hidden activations exist only per strip.
         """
-        if tile_pixels < 1:
-            raise ValueError(f"tile_pixels must be positive (got {tile_pixels})")
-        x = self.up_blocks[0](x * self.scale_factor)
+        first = self.up_blocks[0][0]
+        x = F.linear(z.permute(1, 2, 0) * self.scale_factor, first.weight[:, :, 0, 0], first.bias)
         spare: torch.Tensor | None = None
         for layer in list(self.up_blocks)[1:]:
-            rows = max(1, tile_pixels // (x.shape[0] * x.shape[3]))
+            rows = max(1, tile_pixels // x.shape[1])
             if isinstance(layer, StageAResBlock):
                 if spare is None or spare.shape != x.shape:
                     spare = torch.empty_like(x)
-                x, spare = layer.forward_rows(x, spare, rows), x
+                layer.forward_strips(x, spare, rows, layer.folded())
+                x, spare = spare, x
             elif isinstance(layer, nn.ConvTranspose2d):
-                x, spare = _conv_transpose_rows(layer, x, rows), None
+                x, spare = _conv_transpose_strips(layer, x, rows), None
             else:
                 raise TypeError(f"no strip-wise decode for {type(layer).__name__}")
-        rows = max(1, tile_pixels // (x.shape[0] * x.shape[3]))
-        return torch.cat([self.out_block(x[:, :, r : r + rows]) for r in range(0, x.shape[2], rows)], dim=2)
+        last = self.out_block[0]
+        pixels = F.linear(x, last.weight[:, :, 0, 0], last.bias)  # (H, W, 12); PixelShuffle(2) below
+        height, width = pixels.shape[:2]
+        return pixels.view(height, width, 3, 2, 2).permute(2, 0, 3, 1, 4).reshape(3, 2 * height, 2 * width)
 
     def forward(self, x: torch.Tensor, quantize: bool = False) -> tuple[torch.Tensor, None]:
         """Reconstruct ``x``; returns (images, loss) with the training-only loss always ``None``."""
@@ -224,19 +240,20 @@ class StageA(nn.Module):
         return self.decode(z), None
 
 
-def _conv_transpose_rows(layer: nn.ConvTranspose2d, x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``layer(x)`` for Stage A's 4×4 / stride 2 / padding 1 up-sampling, ``rows`` input rows at a time.
+def _conv_transpose_strips(layer: nn.ConvTranspose2d, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``layer`` (Stage A's 4×4 / stride 2 / padding 1 up-sampling) on one channels-last image (H, W, C), ``rows``
+    input rows at a time; returns (2H, 2W, C_out).
 
     Output rows 2·r0 … 2·r1 − 1 depend on input rows r0 − 1 … r1, so each strip is computed with one halo row
-    either side and the rows the halo contributes to only partially are cut off.
+    either side and the output rows the halo contributes to only partially are cut off.
     """
     if (layer.kernel_size, layer.stride, layer.padding, layer.output_padding) != ((4, 4), (2, 2), (1, 1), (0, 0)):
         raise ValueError("strip-wise ConvTranspose2d expects kernel 4, stride 2, padding 1")
-    height = x.shape[2]
-    out = x.new_empty(x.shape[0], layer.out_channels, 2 * height, 2 * x.shape[3])
+    height, width = x.shape[:2]
+    out = x.new_empty(2 * height, 2 * width, layer.out_channels)
     for r0 in range(0, height, rows):
         r1 = min(height, r0 + rows)
         a0, a1 = max(0, r0 - 1), min(height, r1 + 1)
-        y = layer(x[:, :, a0:a1])
-        out[:, :, 2 * r0 : 2 * r1] = y[:, :, 2 * (r0 - a0) : 2 * (r1 - a0)]
+        y = layer(x[a0:a1].permute(2, 0, 1).unsqueeze(0))[0].permute(1, 2, 0)
+        out[2 * r0 : 2 * r1] = y[2 * (r0 - a0) : 2 * (r1 - a0)]
     return out
