@@ -173,3 +173,22 @@ def test_the_previewer_runs_only_when_someone_listens(demo_models):
     events = []
     Pipeline(quiet, preview_every=0).run(request(), on_progress=events.append)
     assert "previewer" not in quiet.loaded() and all(e.preview is None for e in events)
+
+
+def test_compiled_networks_match_the_eager_pipeline(demo_models):
+    # torch.compile (the optional fused path) compiles Stage C and Stage B once per size and gives the eager
+    # images up to the rounding of fused kernels (random demo weights amplify it to a few levels).
+    from torch._dynamo.utils import counters
+
+    models = ModelSet(demo_models)
+    req = request(stage_c=StageSettings(2, 4.0, 2.0), stage_b=StageSettings(2, 1.1, 1.0), width=256, height=256)
+    eager = Pipeline(models).run(req)[0].pixels
+    compiled = Pipeline(models, compile=True)
+    graphs_before = counters["stats"]["unique_graphs"]
+    first = compiled.run(req)[0].pixels
+    assert counters["stats"]["unique_graphs"] - graphs_before == 2  # Stage C and Stage B
+    second = compiled.run(req)[0].pixels
+    assert counters["stats"]["unique_graphs"] - graphs_before == 2  # same size: nothing recompiled
+    assert np.array_equal(first, second)
+    assert np.abs(first.astype(int) - eager).max() <= 8
+    assert np.abs(first.astype(int) - eager).mean() < 0.5

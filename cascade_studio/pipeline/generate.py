@@ -95,11 +95,14 @@ class Pipeline:
     """Runs requests on a :class:`ModelSet`. Not thread-safe: one thread (the GPU worker or the
     command line) owns a pipeline and runs one request at a time."""
 
-    def __init__(self, models: ModelSet, *, preview_every: int = 1, cuda_graphs: bool = True):
+    def __init__(self, models: ModelSet, *, preview_every: int = 1, cuda_graphs: bool = True, compile: bool = False):
         self.models = models
         self.preview_every = preview_every
         # On CUDA, each stage's network call is captured once and replayed (pipeline/graphs.py).
         self.cuda_graphs = cuda_graphs
+        # torch.compile for Stage C and Stage B: the first image at each size (and LoRA set) waits for the
+        # compilation, later ones run fused kernels (docs/benchmarks.md).
+        self.compile = compile
         self.lora_cache = LoraCache()
 
     @property
@@ -355,8 +358,10 @@ class Pipeline:
         guided = settings.cfg != 1
         inputs = {k: _pair(cond[k], uncond[k]) for k in cond} if guided else cond
 
+        call = compiled(network) if self.compile else network
+
         def forward(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            return network(x, r, **inputs)
+            return call(x, r, **inputs)
 
         # Measured on an H200 (docs/benchmarks.md): graphs halve the time of batch-1 steps, which are launch-bound,
         # and leave Stage C at batch 4 unchanged, but made Stage B at batch 4 about 8 % slower.
@@ -388,6 +393,15 @@ class Pipeline:
             if cancel():
                 raise Cancelled()
         return x0
+
+
+def compiled(network: torch.nn.Module):
+    """``network``'s forward through ``torch.compile`` (static shapes: one compilation per input size), kept on the
+    module so that it lives as long as the loaded network and is compiled once."""
+    fn = network.__dict__.get("_compiled_forward")
+    if fn is None:
+        fn = network.__dict__["_compiled_forward"] = torch.compile(network.forward, dynamic=False)
+    return fn
 
 
 def _pair(cond, uncond):
