@@ -280,8 +280,9 @@ def run_diffusers(modules: dict, args, device, dtype) -> dict[int, dict]:
 
 
 def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
-    """Ours with CUDA graphs (the default) and without (``ours-eager``), on the same loaded models; also
-    whether the two gave identical pixels."""
+    """Our rows on the same loaded models: ``ours`` (CUDA graphs, the default), ``ours-eager`` (graphs off) and,
+    with ``--compile``, ``ours-compiled`` (torch.compile + graphs); whether graphed and eager pixels are identical;
+    with ``--lora``, a LoRA run; the Stage A checks."""
     import numpy as np
     import torch
 
@@ -296,12 +297,12 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
     sync(device)
     load_s = time.perf_counter() - t0
     pipeline = Pipeline(models, preview_every=1)
-    pixels: dict[tuple[bool, int], np.ndarray] = {}
+    pixels: dict[tuple[str, int], np.ndarray] = {}
 
-    def generate(batch: int, graphs: bool) -> dict:
+    def generate(batch: int, impl: str, prompt: str = PROMPT) -> dict:
         marks = Marks(device)
         request = GenerationRequest(
-            PROMPT,
+            prompt,
             seed=SEED,
             width=args.size,
             height=args.size,
@@ -310,31 +311,110 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
             stage_b=StageSettings(**STAGE_B),
             variant=variant,
         )
-        pipeline.cuda_graphs = graphs
+        pipeline.cuda_graphs = impl != "ours-eager"
+        pipeline.compile = impl == "ours-compiled"
         sync(device)
         start = time.perf_counter()
         images = pipeline.run(request, on_progress=lambda event: marks.step(event.stage))
         sync(device)
         result = marks.stages(start, time.perf_counter())
         result["finite"] = all(bool(torch.from_numpy(i.pixels).float().std() > 0) for i in images)
-        pixels[graphs, batch] = np.stack([i.pixels for i in images])
+        pixels[impl, batch] = np.stack([i.pixels for i in images])
         return result
 
-    out = {"load_s": load_s}
-    for graphs in (True, False):
-        print(f"  ours, CUDA graphs {'on' if graphs else 'off'}", flush=True)
-        out["ours" if graphs else "ours-eager"] = timed(lambda b, g=graphs: generate(b, g), args, device)
-    out["graphs_identical"] = {b: bool(np.array_equal(pixels[True, b], pixels[False, b])) for b in args.batches}
+    out: dict = {"load_s": load_s}
+    for impl in ("ours", "ours-eager"):
+        print(f"  {impl}", flush=True)
+        out[impl] = timed(lambda b, i=impl: generate(b, i), args, device)
+    out["graphs_identical"] = {
+        b: bool(np.array_equal(pixels["ours", b], pixels["ours-eager", b])) for b in args.batches
+    }
+    out["stage_a"] = stage_a_check(models, device, dtype, args.size)
+    if args.lora:
+        out["lora"] = lora_check(models, folder, generate, pixels)
+    if args.compile:  # last: the compilations take the longest
+        print("  ours-compiled", flush=True)
+        out["ours-compiled"] = timed(lambda b: generate(b, "ours-compiled"), args, device)
+        out["compiled_vs_eager"] = {
+            b: int(np.abs(pixels["ours-compiled", b].astype(int) - pixels["ours-eager", b]).max()) for b in args.batches
+        }
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            generate(max(args.batches), False)
+            generate(max(args.batches), "ours-eager")
         sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
         print(f"  profile of one eager generation, batch {max(args.batches)}:")
         print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
     return out
+
+
+def lora_check(models, folder: Path, generate, pixels) -> dict:
+    """A random reference-format LoRA (rank 4 over every attention, as the reference trainer writes) at batch 1:
+    time with graphs, graphed pixels equal to eager ones, and different from the images without it."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from cascade_studio.pipeline.lora import reference_lora_tensors
+
+    tensors = reference_lora_tensors(models.get("stage_c"), rank=4, seed=7, std=0.02)
+    (folder / "lora").mkdir(exist_ok=True)
+    save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+        str(folder / "lora" / "bench.safetensors"),
+    )
+    prompt = f"{PROMPT} <lora:bench:1>"
+    plain = pixels.get(("ours", 1))
+    generate(1, "ours", prompt)  # warm-up (capture)
+    graphed = generate(1, "ours", prompt)
+    lora_graphed = pixels["ours", 1]
+    generate(1, "ours-eager", prompt)
+    result = {
+        "total_s": round(graphed["total"], 3),
+        "graphed_equals_eager": bool(np.array_equal(lora_graphed, pixels["ours-eager", 1])),
+        "differs_from_plain": None if plain is None else bool(not np.array_equal(lora_graphed, plain)),
+    }
+    print(f"  LoRA: {result}", flush=True)
+    return result
+
+
+def stage_a_check(models, device, dtype, size: int) -> dict:
+    """Stage A: bfloat16 strip decode (the pipeline's GPU path) against the plain float32 decode, in 8-bit pixels,
+    at ``size``; and peak memory of a 2048² decode both ways."""
+    import torch
+
+    from cascade_studio.pipeline.generate import STAGE_A_TILE_PIXELS, to_uint8
+
+    stage_a = models.get("stage_a")
+    tile = STAGE_A_TILE_PIXELS.get(device.type, STAGE_A_TILE_PIXELS["cpu"])
+    gen = torch.Generator(device=device).manual_seed(3)
+    result = {}
+    with torch.inference_mode():
+        z = torch.randn(1, 4, size // 4, size // 4, device=device, generator=gen)
+        ref = to_uint8(stage_a.decode(z)).astype(int)
+        low = to_uint8(stage_a.decode(z.to(dtype), tile_pixels=tile).float()).astype(int)
+        diff = abs(low - ref)
+        result["bf16_vs_fp32_max"], result["bf16_vs_fp32_mean"] = int(diff.max()), round(float(diff.mean()), 3)
+        if device.type == "cuda":
+            z = torch.randn(1, 4, 512, 512, device=device, generator=gen)
+            for name, run in (
+                ("plain_fp32_2048", lambda: stage_a.decode(z)),
+                ("strips_bf16_2048", lambda: stage_a.decode(z.to(dtype), tile_pixels=tile)),
+            ):
+                free(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+                sync(device)
+                t = time.perf_counter()
+                run()
+                sync(device)
+                result[name] = {
+                    "s": round(time.perf_counter() - t, 3),
+                    "peak_gib": round((torch.cuda.max_memory_allocated(device) - base) / 2**30, 2),
+                }
+    print(f"  Stage A: {result}", flush=True)
+    return result
 
 
 def timed(generate, args, device) -> dict[int, dict]:
@@ -344,13 +424,20 @@ def timed(generate, args, device) -> dict[int, dict]:
     for batch in args.batches:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        generate(batch)  # warm-up
+        sync(device)
+        t = time.perf_counter()
+        generate(batch)  # warm-up (and, for the compiled rows, the compilation)
+        first = time.perf_counter() - t
         runs = [generate(batch) for _ in range(args.runs)]
         best = min(runs, key=lambda r: r["total"])
         best["runs"] = [round(r["total"], 3) for r in runs]
+        best["first_s"] = round(first, 2)
         best["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
         results[batch] = best
-        print(f"    batch {batch}: {best['runs']} s, peak {best['peak_gib']:.1f} GiB", flush=True)
+        print(
+            f"    batch {batch}: first {first:.1f} s, then {best['runs']} s, peak {best['peak_gib']:.1f} GiB",
+            flush=True,
+        )
     return results
 
 
@@ -372,6 +459,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny demo-sized networks (to try the script on a CPU)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--profile", action="store_true", help="print a kernel profile of one eager generation")
+    parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile (ours-compiled)")
+    parser.add_argument("--lora", action="store_true", help="also run a random reference-format LoRA at batch 1")
+    parser.add_argument("--no-diffusers", action="store_true", help="skip diffusers (ratios then left out)")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -395,8 +485,10 @@ def main(argv: list[str] | None = None) -> None:
             del theirs["stage_b_ours"]
             print(f"  Stage C forward: {check}", flush=True)
             free(device)
-            print("  diffusers", flush=True)
-            diff = run_diffusers(theirs, args, device, dtype)
+            diff = {}
+            if not args.no_diffusers:
+                print("  diffusers", flush=True)
+                diff = run_diffusers(theirs, args, device, dtype)
             del theirs
             free(device)
             results[variant] = {"diffusers": diff, **run_ours(folder, variant, args, device, dtype)}
@@ -404,11 +496,15 @@ def main(argv: list[str] | None = None) -> None:
             free(device)
 
     rows = []
+    impls = ["diffusers", "ours-eager", "ours"] + (["ours-compiled"] if args.compile else [])
     for variant in variants:
         for batch in args.batches:
-            d, o = results[variant]["diffusers"][batch], results[variant]["ours"][batch]
-            e = results[variant]["ours-eager"][batch]
-            for impl, r in (("diffusers", d), ("ours-eager", e), ("ours", o)):
+            d = results[variant]["diffusers"].get(batch)
+            for impl in impls:
+                r = d if impl == "diffusers" else results[variant][impl][batch]
+                if r is None:
+                    continue
+                ratio = f" ({r['total'] / d['total']:.2f}x)" if d is not None and impl != "diffusers" else ""
                 rows.append(
                     [
                         variant,
@@ -417,22 +513,12 @@ def main(argv: list[str] | None = None) -> None:
                         f"{r['c']:.2f} ({r['c_its']:.1f} it/s)",
                         f"{r['b']:.2f} ({r['b_its']:.1f} it/s)",
                         f"{r['a']:.2f}",
-                        f"{r['total']:.2f}",
+                        f"{r['total']:.2f}{ratio}",
+                        f"{r['first_s']:.1f}",
                         f"{r['peak_gib']:.1f}",
                         "yes" if r["finite"] else "NO",
                     ]
                 )
-            rows.append(
-                [
-                    variant,
-                    str(batch),
-                    "ours / diffusers",
-                    *[""] * 3,
-                    f"{o['total'] / d['total']:.2f}",
-                    f"{o['peak_gib'] / d['peak_gib']:.2f}",
-                    "",
-                ]
-            )
     print()
     print(
         f"{name}, bf16, {args.size}x{args.size}, Stage C {STAGE_C['steps']} steps cfg {STAGE_C['cfg']}, "
@@ -445,7 +531,8 @@ def main(argv: list[str] | None = None) -> None:
         "Stage C s",
         "Stage B s",
         "Stage A s",
-        "total s",
+        "total s (ours/diffusers)",
+        "first image s",
         "peak VRAM GiB",
         "valid",
     ]
@@ -454,6 +541,20 @@ def main(argv: list[str] | None = None) -> None:
         r = results[variant]
         print(f"{variant}: our load {r['load_s']:.1f}s; graphed pixels identical to eager {r['graphs_identical']}")
         print(f"  Stage C forward, {r['stage_c_check']}")
+        print(f"  Stage A: {r['stage_a']}")
+        if "compiled_vs_eager" in r:
+            print(f"  compiled vs eager, largest pixel difference: {r['compiled_vs_eager']}")
+        if "lora" in r:
+            print(f"  LoRA: {r['lora']}")
+    summary = [
+        f"{v} batch {b}: ours/diffusers {results[v][impl][b]['total'] / results[v]['diffusers'][b]['total']:.2f} "
+        f"time, {results[v][impl][b]['peak_gib'] / results[v]['diffusers'][b]['peak_gib']:.2f} peak VRAM ({impl})"
+        for v in variants
+        for b in args.batches
+        for impl in impls[1:]
+        if b in results[v]["diffusers"]
+    ]
+    print("summary: " + "; ".join(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 

@@ -178,8 +178,10 @@ def test_the_previewer_runs_only_when_someone_listens(demo_models):
 def test_compiled_networks_match_the_eager_pipeline(demo_models):
     # torch.compile (the optional fused path) compiles Stage C and Stage B once per size and gives the eager
     # images up to the rounding of fused kernels (random demo weights amplify it to a few levels).
+    import torch._dynamo
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # compiled code is shared by networks of one shape: start from none
     models = ModelSet(demo_models)
     req = request(stage_c=StageSettings(2, 4.0, 2.0), stage_b=StageSettings(2, 1.1, 1.0), width=256, height=256)
     eager = Pipeline(models).run(req)[0].pixels

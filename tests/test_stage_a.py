@@ -153,3 +153,14 @@ def test_strip_decode_bounds_memory_to_strips():
 def test_strip_decode_rejects_a_nonpositive_tile():
     with pytest.raises(ValueError, match="tile_pixels"):
         _tiny().decode(torch.zeros(1, 4, 4, 4), tile_pixels=0)
+
+
+@torch.no_grad()
+def test_strip_decode_runs_in_the_latents_dtype():
+    # float32 weights, bfloat16 latents (the GPU path): computed in bfloat16, close to the float32 decode.
+    model = randomize_(StageA(levels=2, bottleneck_blocks=2, c_hidden=32, codebook_size=16), 8)
+    z = torch.randn(1, 4, 12, 12, generator=torch.Generator().manual_seed(9))
+    plain = model.decode(z)
+    low = model.decode(z.bfloat16(), tile_pixels=48)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - plain).abs().max() <= 0.05 * plain.abs().max()

@@ -215,22 +215,27 @@ class StageA(nn.Module):
         input, so the output equals the plain decode up to float rounding. Residual blocks alternate between two
         full-size buffers; the MLP's 4× wider hidden activations exist only per strip.
         """
+        dtype = z.dtype  # computed in the latent's dtype (bfloat16 on a GPU), whatever the weights are stored in
+
+        def cast(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(t.to(dtype) for t in tensors)
+
         first = self.up_blocks[0][0]
-        x = F.linear(z.permute(1, 2, 0) * self.scale_factor, first.weight[:, :, 0, 0], first.bias)
+        x = F.linear(z.permute(1, 2, 0) * self.scale_factor, *cast(first.weight[:, :, 0, 0], first.bias))
         spare: torch.Tensor | None = None
         for layer in list(self.up_blocks)[1:]:
             rows = max(1, tile_pixels // x.shape[1])
             if isinstance(layer, StageAResBlock):
                 if spare is None or spare.shape != x.shape:
                     spare = torch.empty_like(x)
-                layer.forward_strips(x, spare, rows, layer.folded())
+                layer.forward_strips(x, spare, rows, cast(*layer.folded()))
                 x, spare = spare, x
             elif isinstance(layer, nn.ConvTranspose2d):
-                x, spare = _conv_transpose_strips(layer, x, rows), None
+                x, spare = _conv_transpose_strips(layer, x, rows, *cast(layer.weight, layer.bias)), None
             else:
                 raise TypeError(f"no strip-wise decode for {type(layer).__name__}")
         last = self.out_block[0]
-        pixels = F.linear(x, last.weight[:, :, 0, 0], last.bias)  # (H, W, 12); PixelShuffle(2) below
+        pixels = F.linear(x, *cast(last.weight[:, :, 0, 0], last.bias))  # (H, W, 12); PixelShuffle(2) below
         height, width = pixels.shape[:2]
         return pixels.view(height, width, 3, 2, 2).permute(2, 0, 3, 1, 4).reshape(3, 2 * height, 2 * width)
 
@@ -240,7 +245,9 @@ class StageA(nn.Module):
         return self.decode(z), None
 
 
-def _conv_transpose_strips(layer: nn.ConvTranspose2d, x: torch.Tensor, rows: int) -> torch.Tensor:
+def _conv_transpose_strips(
+    layer: nn.ConvTranspose2d, x: torch.Tensor, rows: int, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """``layer`` (Stage A's 4×4 / stride 2 / padding 1 up-sampling) on one channels-last image (H, W, C), ``rows``
     input rows at a time; returns (2H, 2W, C_out).
 
@@ -254,6 +261,7 @@ def _conv_transpose_strips(layer: nn.ConvTranspose2d, x: torch.Tensor, rows: int
     for r0 in range(0, height, rows):
         r1 = min(height, r0 + rows)
         a0, a1 = max(0, r0 - 1), min(height, r1 + 1)
-        y = layer(x[a0:a1].permute(2, 0, 1).unsqueeze(0))[0].permute(1, 2, 0)
+        y = F.conv_transpose2d(x[a0:a1].permute(2, 0, 1).unsqueeze(0), weight, bias, stride=2, padding=1)
+        y = y[0].permute(1, 2, 0)
         out[2 * r0 : 2 * r1] = y[2 * (r0 - a0) : 2 * (r1 - a0)]
     return out

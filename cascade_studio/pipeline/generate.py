@@ -278,8 +278,14 @@ class Pipeline:
         with m.using("stage_a") as (stage_a,):
             # One image at a time, in strips: a plain float32 decode at 1024² holds several GiB of activations.
             tile = STAGE_A_TILE_PIXELS.get(self.device.type, STAGE_A_TILE_PIXELS["cpu"])
+            # On a GPU in bfloat16, Stage A decodes in bfloat16 too, as the reference does (its sampling runs
+            # under bf16 autocast); the float32 weights are cast per decode.
+            decode_dtype = dtype if self.device.type == "cuda" else torch.float32
             pixels = np.concatenate(
-                [to_uint8(stage_a.decode(latent_b[i : i + 1].float(), tile_pixels=tile)) for i in range(batch)]
+                [
+                    to_uint8(stage_a.decode(latent_b[i : i + 1].to(decode_dtype), tile_pixels=tile).float())
+                    for i in range(batch)
+                ]
             )
         report(ProgressEvent("a", 1, 1))
         if job is not None:
