@@ -278,7 +278,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"Using {DEMO_NOTICE}.", file=sys.stderr)
         models_dir = write_demo_models(demo_folder())
     models = ModelSet(models_dir, variant=request.variant, device=device, dtype=dtype, memory=memory)
-    pipeline = Pipeline(models, preview_every=0)  # the terminal shows no previews
+    pipeline = Pipeline(models, preview_every=0, compile=args.compile)  # the terminal shows no previews
     try:
         plan = pipeline.plan(request)
         files = models.check(request.mode, plan.method)
@@ -292,7 +292,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 2
     model_name = "demo" if args.demo else files["stage_c"].name.removesuffix(".safetensors")
     precision = str(dtype).removeprefix("torch.")
-    print(f"{device}, {precision}, memory: {MEMORY_MODES[memory]}; weights from {models_dir}", file=sys.stderr)
+    settings = f"{device}, {precision}, memory: {MEMORY_MODES[memory]}"
+    if args.compile:
+        settings += ", compiled (torch.compile: the first image waits for the compilation)"
+    print(f"{settings}; weights from {models_dir}", file=sys.stderr)
     if plan.note:
         print(f"Mode: {plan.note}.", file=sys.stderr)
 
@@ -483,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "resident", "sequential"),
         default="auto",
         help="keep all networks on the device, or one stage at a time (auto: sequential below 12 GiB of VRAM)",
+    )
+    gen.add_argument(
+        "--compile",
+        action="store_true",
+        help="run Stage C and Stage B through torch.compile: the first image waits for a compilation (tens of "
+        "seconds on a CPU, a minute or more for the full models on a GPU), later ones at the same size and batch "
+        "run fused kernels. Pays off for many images at one size (--count); needs a C++ compiler (and Triton on a GPU)",
     )
     gen.add_argument("--demo", action="store_true", help="use tiny demo weights (noise, not pictures)")
     gen.set_defaults(func=cmd_generate)

@@ -85,6 +85,23 @@ def test_generate_cancelled_during_stage_c_writes_no_file(tmp_path, monkeypatch,
     assert list(out.iterdir()) == []
 
 
+def test_generate_compile_runs_the_networks_through_torch_compile(tmp_path, monkeypatch, capsys, demo_cache):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # a compilation earlier in this process must not stand in for this one
+    quick = ("--steps-c", "1", "--steps-b", "1")
+    graphs = counters["stats"]["unique_graphs"]
+    assert _generate(tmp_path / "eager", monkeypatch, demo_cache, *quick)[0] == 0
+    assert counters["stats"]["unique_graphs"] == graphs  # without the flag nothing is compiled
+    assert "compiled" not in capsys.readouterr().err
+    status, out = _generate(tmp_path / "compiled", monkeypatch, demo_cache, *quick, "--compile", "--count", "2")
+    assert status == 0 and len(list(out.glob("*.png"))) == 2
+    # Stage C and Stage B each compiled once: the second image reused them.
+    assert counters["stats"]["unique_graphs"] - graphs == 2
+    assert "compiled (torch.compile" in capsys.readouterr().err
+
+
 def test_generate_without_weights_names_the_files_and_the_way_out(tmp_path, capsys):
     status = main(["--models-dir", str(tmp_path), "generate", "a cat", "--out", str(tmp_path / "o")])
     assert status == 2

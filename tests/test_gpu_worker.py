@@ -332,6 +332,29 @@ def test_warm_up_reports_the_device_without_a_job(qtbot, make_service):
     assert rec.outcome(job) == "done"
 
 
+def test_compile_runs_the_networks_compiled_and_turns_off_without_reloading(qtbot, make_service):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # a compilation earlier in this process must not stand in for this one
+    graphs = counters["stats"]["unique_graphs"]
+    service, rec = make_service(compile=True)
+    job = service.submit(tiny_request(steps_c=1, steps_b=1))
+    qtbot.waitUntil(lambda: rec.outcome(job) is not None, timeout=TIMEOUT_MS)
+    assert rec.outcome(job) == "done", rec.of("job_failed")
+    assert counters["stats"]["unique_graphs"] - graphs == 2  # Stage C and Stage B
+    assert rec.of("status_changed")[-1][1] == "cpu · float32 · all resident · demo weights · compiled"
+    pipeline = service._worker._pipeline
+
+    service.set_config(dataclasses.replace(service.config, compile=False))
+    job = service.submit(tiny_request(steps_c=1, steps_b=1, width=384))  # a new size: eager, nothing compiled
+    qtbot.waitUntil(lambda: rec.outcome(job) is not None, timeout=TIMEOUT_MS)
+    assert rec.outcome(job) == "done", rec.of("job_failed")
+    assert counters["stats"]["unique_graphs"] - graphs == 2
+    assert rec.of("status_changed")[-1][1] == "cpu · float32 · all resident · demo weights"
+    assert service._worker._pipeline is pipeline  # the loaded networks were kept
+
+
 def test_an_inpaint_job_reads_its_files_says_how_it_runs_and_keeps_the_rest(qtbot, make_service, tmp_path):
     from PIL import Image
 

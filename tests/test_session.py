@@ -286,6 +286,7 @@ def test_state_round_trips_and_ignores_values_that_no_longer_fit():
 def test_settings_defaults(settings, tmp_path):
     assert settings.models_dir == str(tmp_path / "models") and settings.output_dir == str(tmp_path / "out")
     assert (settings.device, settings.dtype, settings.memory, settings.preview_every) == ("auto", "auto", "auto", 1)
+    assert settings.compile is False
     assert settings.prompt_history == [] and settings.session_state == {}
     assert settings.window_geometry.isEmpty()
 
@@ -298,6 +299,7 @@ def test_settings_signal_changes_and_survive_a_reopen(settings, tmp_path, qtbot)
         "dtype": "bf16",
         "memory": "sequential",
         "preview_every": 0,
+        "compile": True,
         "thumbnail_size": 256,
     }
     for name, value in changes.items():
@@ -317,9 +319,11 @@ def test_settings_refuse_fp16_and_read_garbage_as_defaults(settings, tmp_path):
         settings.dtype = "fp16"
     store = settings.store
     for key, value in (("worker/device", "gpu0"), ("worker/dtype", "fp16"), ("worker/memory", "lots"),
-                       ("worker/preview_every", "often"), ("gallery/thumbnail_size", "9999"),
+                       ("worker/preview_every", "often"), ("worker/compile", "sometimes"),
+                       ("gallery/thumbnail_size", "9999"),
                        ("session/prompt_history", "{not json"), ("session/state", "[1, 2]")):  # fmt: skip
         store.setValue(key, value)
     again = _reopen(settings, tmp_path)
     assert (again.device, again.dtype, again.memory, again.preview_every) == ("auto", "auto", "auto", 1)
+    assert again.compile is False
     assert again.thumbnail_size == 512 and again.prompt_history == [] and again.session_state == {}

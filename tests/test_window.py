@@ -409,6 +409,9 @@ def test_settings_layout_and_panel_values_survive_a_restart(qtbot, tmp_path):
     first = _open(qtbot, settings)
     settings.device, settings.dtype, settings.memory, settings.preview_every = "cpu", "fp32", "sequential", 3
     assert first.service.config.memory == "sequential" and first.service.config.preview_every == 3  # live
+    assert not first.service.config.compile
+    settings.compile = True
+    assert first.service.config.compile  # live
     settings.output_dir = str(tmp_path / "elsewhere")
     assert first.service.config.output_dir == tmp_path / "elsewhere"
     first.session.prompt = "kept across restarts"
@@ -426,7 +429,7 @@ def test_settings_layout_and_panel_values_survive_a_restart(qtbot, tmp_path):
     second = _open(qtbot, _settings(tmp_path))
     config = second.service.config
     assert (config.device, config.dtype, config.memory, config.preview_every) == ("cpu", "fp32", "sequential", 3)
-    assert config.output_dir == tmp_path / "elsewhere"
+    assert config.compile and config.output_dir == tmp_path / "elsewhere"
     assert second.prompt_panel.prompt_edit.toPlainText() == "kept across restarts"
     assert (second.session.width, second.session.height, second.session.steps_c) == (1152, 768, 28)
     assert second.prompt_panel.preset_combo.currentData() == "3:2"
@@ -569,6 +572,8 @@ def test_preferences_write_the_settings_and_the_worker_follows(qtbot, window, tm
     dialog.dtype_combo.setCurrentIndex(dialog.dtype_combo.findData("bf16"))
     dialog.memory_combo.setCurrentIndex(dialog.memory_combo.findData("resident"))
     dialog.preview_spin.setValue(0)
+    assert not dialog.compile_check.isChecked()
+    dialog.compile_check.setChecked(True)
     dialog.accept()
     s = window.settings
     assert (s.models_dir, s.device, s.dtype, s.memory, s.preview_every) == (
@@ -578,6 +583,7 @@ def test_preferences_write_the_settings_and_the_worker_follows(qtbot, window, tm
         "resident",
         0,
     )
+    assert s.compile
     config = window.service.config
     assert (config.models_dir, config.device, config.dtype, config.memory, config.preview_every) == (
         tmp_path / "weights",
@@ -586,6 +592,10 @@ def test_preferences_write_the_settings_and_the_worker_follows(qtbot, window, tm
         "resident",
         0,
     )
+    assert config.compile
+    again = PreferencesDialog(s, window)  # the dialog shows the stored value
+    qtbot.addWidget(again)
+    assert again.compile_check.isChecked()
 
 
 def test_the_qt_binding_does_not_lose_references_to_none_and_true(qapp):

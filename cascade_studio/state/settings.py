@@ -41,6 +41,15 @@ def _choice(value: Any, default: str, allowed: tuple[str, ...]) -> str:
     return value if value in allowed else default
 
 
+def _bool(value: Any, default: bool) -> bool:
+    # QSettings gives a bool back from the native stores but the string "true"/"false" from an INI file.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return default
+
+
 def _device(value: Any) -> str:
     if isinstance(value, str) and (value in DEVICES_HINT or (value.startswith("cuda:") and value[5:].isdigit())):
         return value
@@ -56,6 +65,7 @@ class Settings(QObject):
     dtype_changed = Signal(str)
     memory_changed = Signal(str)
     preview_every_changed = Signal(int)
+    compile_changed = Signal(bool)
     thumbnail_size_changed = Signal(int)
     prompt_history_changed = Signal(list)
 
@@ -103,7 +113,7 @@ class Settings(QObject):
         if value != self.output_dir:
             self._set("paths/output_dir", value, self.output_dir_changed)
 
-    # -- the GPU worker (the CLI's --device / --dtype / --memory) ---------------------------------------
+    # -- the GPU worker (the CLI's --device / --dtype / --memory / --compile) --------------------------
 
     @property
     def device(self) -> str:
@@ -147,6 +157,17 @@ class Settings(QObject):
         value = _int(value, 1, 0, 1000)
         if value != self.preview_every:
             self._set("worker/preview_every", value, self.preview_every_changed)
+
+    @property
+    def compile(self) -> bool:
+        """Run Stage C and Stage B through torch.compile (the CLI's --compile)."""
+        return _bool(self.store.value("worker/compile"), False)
+
+    @compile.setter
+    def compile(self, value: bool) -> None:
+        value = bool(value)
+        if value != self.compile:
+            self._set("worker/compile", value, self.compile_changed)
 
     # -- gallery ---------------------------------------------------------------------------------------
 

@@ -353,7 +353,7 @@ class MainWindow(QMainWindow):
         g.thumbnail_size_changed.connect(self._remember_thumbnail_size)
         st = self.settings
         for signal in (st.models_dir_changed, st.device_changed, st.dtype_changed, st.memory_changed,
-                       st.preview_every_changed):  # fmt: skip
+                       st.preview_every_changed, st.compile_changed):  # fmt: skip
             signal.connect(self._push_config)
         st.output_dir_changed.connect(self._output_dir_changed)
         st.models_dir_changed.connect(self._show_lora_folder)
@@ -415,6 +415,7 @@ class MainWindow(QMainWindow):
             dtype=s.dtype,
             memory=s.memory,
             preview_every=s.preview_every,
+            compile=s.compile,
             demo=self.demo,
         )
 

@@ -1,8 +1,10 @@
-"""Preferences: the weights and output folders and the GPU worker's device, precision, memory and previews."""
+"""Preferences: the weights and output folders and the GPU worker's device, precision, memory, previews and
+torch.compile."""
 
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -68,6 +70,14 @@ class PreferencesDialog(QDialog):
         self.preview_spin.setPrefix("every ")
         self.preview_spin.setSuffix(" step(s)")
         self.preview_spin.setValue(settings.preview_every)
+        self.compile_check = QCheckBox("Compile the networks (torch.compile)")
+        self.compile_check.setChecked(settings.compile)
+        self.compile_check.setToolTip(
+            "Runs Stage C and Stage B through torch.compile. The first image at each new size, batch or LoRA "
+            "set waits for a compilation (tens of seconds on a CPU, a minute or more for the full models on a "
+            "GPU); later ones run the fused kernels. Pays off for many images at one size.\n"
+            "Needs a working C++ compiler (and Triton on a GPU)."
+        )
 
         form = QFormLayout(self)
         form.addRow("Weights folder", _folder_row(self.models_edit, "Weights folder", self))
@@ -76,6 +86,7 @@ class PreferencesDialog(QDialog):
         form.addRow("Precision", self.dtype_combo)
         form.addRow("Memory", self.memory_combo)
         form.addRow("Stage C previews", self.preview_spin)
+        form.addRow("", self.compile_check)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
@@ -91,4 +102,5 @@ class PreferencesDialog(QDialog):
         s.dtype = self.dtype_combo.currentData()
         s.memory = self.memory_combo.currentData()
         s.preview_every = self.preview_spin.value()
+        s.compile = self.compile_check.isChecked()
         super().accept()

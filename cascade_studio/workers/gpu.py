@@ -55,6 +55,7 @@ class WorkerConfig:
     dtype: str = "auto"
     memory: str = "auto"
     preview_every: int = 1  # 0: no previews
+    compile: bool = False  # Stage C and Stage B through torch.compile (the command line's --compile)
     demo: bool = False  # use the demo model set (pipeline.demo.write_demo_models) instead of models_dir
 
 
@@ -183,6 +184,7 @@ class GpuWorker(QObject):
         self._pipeline_key: tuple | None = None
         self._status = ""
         self._base_status = ""
+        self._device_status = ""  # device · precision · memory [· demo weights] of the loaded pipeline
         self._gallery = None
         self._gallery_folder: Path | None = None
 
@@ -284,6 +286,10 @@ class GpuWorker(QObject):
         except ValueError as exc:
             raise _Failure(str(exc), "invalid") from None
         pipeline.preview_every = max(0, config.preview_every)
+        if pipeline.compile != config.compile:  # flipped in the preferences: the loaded networks are kept
+            pipeline.compile = config.compile
+            self._base_status = self._status_for(config)
+            self._set_status(self._base_status)
 
         def on_progress(event) -> None:
             if self._status != self._base_status:
@@ -340,13 +346,17 @@ class GpuWorker(QObject):
         except ValueError as exc:
             raise _Failure(str(exc), "invalid") from None
         precision = str(dtype).removeprefix("torch.")
-        self._base_status = " · ".join(
+        self._device_status = " · ".join(
             [str(device), precision, MEMORY_MODES[memory].split(" (")[0]] + (["demo weights"] if config.demo else [])
         )
-        self._pipeline = Pipeline(models, preview_every=max(0, config.preview_every))
+        self._base_status = self._status_for(config)
+        self._pipeline = Pipeline(models, preview_every=max(0, config.preview_every), compile=config.compile)
         self._pipeline_key = key
         self._set_status(self._base_status)
         return self._pipeline
+
+    def _status_for(self, config: WorkerConfig) -> str:
+        return self._device_status + (" · compiled" if config.compile else "")
 
     def _loading(self, role: str) -> None:
         self._set_status(f"loading {_ROLE_LABELS.get(role, role)}…")
