@@ -78,10 +78,17 @@ BOS_ID, EOS_ID, PAD_ID = 49406, 49407, 0
 SHIFT_C, SHIFT_B = 2.0, 1.0
 #: implementation -> (label, Stage B cfg for ours; None for diffusers)
 IMPLS: dict[str, tuple[str, float | None]] = {
-    "ours": ("ours, Stage B cfg 1", 1.0),
+    "ours": ("ours as the window runs: previews, Stage B cfg 1", 1.0),
+    "ours-headless": ("ours as `generate` runs: no previews, Stage B cfg 1", 1.0),
+    "ours-compiled": ("ours headless with torch.compile, Stage B cfg 1", 1.0),
+    "ours-sequential": ("ours headless, memory mode sequential, Stage B cfg 1", 1.0),
     "diffusers": ("diffusers, decoder guidance 0", None),
     "ours-b1.1": ("ours, Stage B cfg 1.1", 1.1),
 }
+#: the rows run when --impls is not given
+DEFAULT_IMPLS = ("ours", "ours-headless", "diffusers")
+#: stage marks for --profile: which calls belong to which stage
+PROFILE_STAGES = {"text": "TextEncoder.encode", "C": "StageC.forward", "B": "StageB.forward", "A": "StageA.decode"}
 STAMP = "BENCH_PIPELINE.json"
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -300,14 +307,14 @@ def run_ours(args: argparse.Namespace, b_cfg: float, protocol: dict) -> None:
     state["rss_after_import_mib"] = proc_status_mib("VmRSS")
 
     t0 = time.perf_counter()
-    models = ModelSet(
-        Path(args.weights) / "ours", variant="lite", device="cpu", dtype=torch.float32, memory=args.memory
-    )
-    if args.memory == "resident":
+    memory = "sequential" if args.child == "ours-sequential" else args.memory
+    models = ModelSet(Path(args.weights) / "ours", variant="lite", device="cpu", dtype=torch.float32, memory=memory)
+    if memory == "resident":
         for role in models.check("text"):
             models.get(role)
     state["load_s"] = time.perf_counter() - t0
-    pipeline = Pipeline(models)
+    headless = args.child != "ours"  # the window shows a preview per Stage C step; `generate` shows none
+    pipeline = Pipeline(models, preview_every=0 if headless else 1, compile=args.child == "ours-compiled")
     request = GenerationRequest(
         protocol["prompt"],
         seed=protocol["seed"],
@@ -323,6 +330,12 @@ def run_ours(args: argparse.Namespace, b_cfg: float, protocol: dict) -> None:
         images = pipeline.run(request, on_progress=lambda event: timer.step(event.stage))
         end = time.perf_counter()
         return timer.stages(start, end), images[0].pixels
+
+    if args.profile:
+        from cascade_studio.networks import StageA, StageB, StageC
+
+        for cls, method in ((TextEncoder, "encode"), (StageC, "forward"), (StageB, "forward"), (StageA, "decode")):
+            setattr(cls, method, marked(getattr(cls, method), f"{cls.__name__}.{method}"))
 
     def embeddings() -> dict:
         text, pooled = models.get("text_encoder").encode([protocol["prompt"], ""])
@@ -437,6 +450,10 @@ def serve(args: argparse.Namespace, state: dict, generate, embeddings, image_sta
             with torch.inference_mode():
                 stages, out = generate()
             reply(stages)
+        elif command == "profile":
+            with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+                generate()
+            reply({"profile": stage_profile(p)})
         elif command == "finish":
             final = {
                 "gen_peak_mib": proc_status_mib("VmHWM"),
@@ -458,6 +475,42 @@ def reply(message: dict) -> None:
     # A marked line, so that anything a library prints to stdout cannot be mistaken for a reply.
     sys.stdout.write(REPLY + json.dumps(message) + "\n")
     sys.stdout.flush()
+
+
+def marked(fn, label: str):
+    """``fn`` inside a profiler range named ``label`` (for the per-stage profile)."""
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        with torch.profiler.record_function(label):
+            return fn(*a, **kw)
+
+    return wrapper
+
+
+def stage_profile(prof, top: int = 6) -> dict[str, list[tuple[str, float, float]]]:
+    """Self CPU time of each operator, grouped by the stage range (``PROFILE_STAGES``) it ran in: per stage the
+    ``top`` operators as (name, seconds, share of the stage)."""
+    ranges = {label: stage for stage, label in PROFILE_STAGES.items()}
+    per_stage: dict[str, dict[str, float]] = {}
+    for event in prof.events():
+        if event.name in ranges:
+            continue
+        parent, stage = event.cpu_parent, "other"
+        while parent is not None:
+            if parent.name in ranges:
+                stage = ranges[parent.name]
+                break
+            parent = parent.cpu_parent
+        ops = per_stage.setdefault(stage, {})
+        ops[event.name] = ops.get(event.name, 0.0) + event.self_cpu_time_total / 1e6
+    out = {}
+    for stage, ops in per_stage.items():
+        total = sum(ops.values()) or 1.0
+        ranked = sorted(ops.items(), key=lambda kv: -kv[1])[:top]
+        out[stage] = [(name, round(sec, 3), round(sec / total, 3)) for name, sec in ranked]
+    return out
 
 
 def child(args: argparse.Namespace) -> None:
@@ -497,6 +550,7 @@ class Child:
             str(args.size),
             "--memory",
             args.memory,
+            *(["--profile"] if args.profile else []),
         ]
         self._stderr = self.log.open("w")
         self.proc = subprocess.Popen(
@@ -528,6 +582,9 @@ class Child:
         stages = self.ask("run")
         self.info["runs"].append(stages)
         return stages
+
+    def profile(self) -> None:
+        self.info.update(self.ask("profile"))
 
     def finish(self) -> dict:
         self.info.update(self.ask("finish"))
@@ -575,6 +632,12 @@ def run_children(folder: Path, args: argparse.Namespace) -> dict[str, dict]:
             flush=True,
         )
 
+    def profile(chosen) -> None:
+        for child in chosen:
+            if args.profile and child.impl != "diffusers":
+                print(f"  profiling {child.impl}", flush=True)
+                child.profile()
+
     children: dict[str, Child] = {}
     try:
         if args.interleave:
@@ -588,6 +651,7 @@ def run_children(folder: Path, args: argparse.Namespace) -> dict[str, dict]:
                 k = i % len(order)
                 for child in order[k:] + order[:k]:
                     run(child, i + 1)
+            profile(children.values())
             return {impl: child.finish() for impl, child in children.items()}
         print("Running the children one after another", flush=True)
         results = {}
@@ -596,6 +660,7 @@ def run_children(folder: Path, args: argparse.Namespace) -> dict[str, dict]:
             warm_up(child)
             for i in range(args.runs):
                 run(child, i + 1)
+            profile([child])
             results[impl] = child.finish()
         return results
     finally:
@@ -684,7 +749,7 @@ def parent(args: argparse.Namespace) -> None:
     print(
         f"Machine: {cpu_model()} | torch {versions['torch']} | diffusers {base['diffusers'] if base else '-'} | "
         f"{THREADS} threads | float32 | {CONFIG} @ {args.size}x{args.size} | best total of {args.runs} after "
-        f"1 warm-up | ours memory mode {args.memory}"
+        f"1 warm-up | ours memory mode {args.memory} (ours-sequential: sequential)"
     )
     print(
         table(
@@ -741,6 +806,20 @@ def parent(args: argparse.Namespace) -> None:
         stages = ", ".join(f"{k} {v}" for k, v in seen.get("stage_s", {}).items())
         print(f"Earlier diffusers numbers on this machine type ({CONFIG}@{args.size}): total {seen['best_total_s']} s")
         print(f"  ({stages}; peak RSS {seen.get('peak_rss_mib')} MiB)")
+    for impl, info in results.items():
+        for stage, ops in info.get("profile", {}).items():
+            listed = ", ".join(f"{name} {sec:.2f}s ({share:.0%})" for name, sec, share in ops)
+            print(f"Profile {impl}, stage {stage}: {listed}")
+    if base:
+        print(
+            "\nsummary: "
+            + "; ".join(
+                f"{impl} / diffusers: time {info['best']['total'] / base['best']['total']:.2f}, "
+                f"peak RSS {info['peak_mib'] / base['peak_mib']:.2f}"
+                for impl, info in results.items()
+                if impl != "diffusers"
+            )
+        )
     print(f"\nLoad average at the end {load_average()}; total wall time {time.perf_counter() - t_start:.1f}s")
 
 
@@ -757,8 +836,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--impls",
-        default=",".join(IMPLS),
-        help=f"comma-separated rows to run, in this order (default {','.join(IMPLS)})",
+        default=",".join(DEFAULT_IMPLS),
+        help=f"comma-separated rows to run, in this order, from {', '.join(IMPLS)} (default {','.join(DEFAULT_IMPLS)})",
     )
     parser.add_argument(
         "--memory",
@@ -771,6 +850,11 @@ def main(argv: list[str] | None = None) -> None:
         dest="interleave",
         action="store_false",
         help="run the children one after another instead of keeping all loaded and alternating their runs",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed runs, profile one generation per row: top operators per stage",
     )
     parser.add_argument("--workdir", help="keep (and reuse) weights and results in this folder, not a temp folder")
     parser.add_argument("--write-weights", metavar="FOLDER", help=argparse.SUPPRESS)
