@@ -315,7 +315,7 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
         pipeline.compile = impl == "ours-compiled"
         sync(device)
         start = time.perf_counter()
-        images = pipeline.run(request, on_progress=lambda event: marks.step(event.stage))
+        images = pipeline.run(request, on_progress=lambda event: event.note or marks.step(event.stage))
         sync(device)
         result = marks.stages(start, time.perf_counter())
         result["finite"] = all(bool(torch.from_numpy(i.pixels).float().std() > 0) for i in images)

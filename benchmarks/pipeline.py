@@ -327,7 +327,7 @@ def run_ours(args: argparse.Namespace, b_cfg: float, protocol: dict) -> None:
     def generate():
         timer.reset()
         start = time.perf_counter()
-        images = pipeline.run(request, on_progress=lambda event: timer.step(event.stage))
+        images = pipeline.run(request, on_progress=lambda event: event.note or timer.step(event.stage))
         end = time.perf_counter()
         return timer.stages(start, end), images[0].pixels
 

@@ -111,6 +111,9 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _progress(event) -> None:
+    if event.note:
+        print(f"  {event.note}…", file=sys.stderr, flush=True)
+        return
     names = {"c": "Stage C", "b": "Stage B", "a": "Stage A"}
     width = 24
     filled = round(width * event.step / event.total)

@@ -344,6 +344,9 @@ def test_compile_runs_the_networks_compiled_and_turns_off_without_reloading(qtbo
     assert rec.outcome(job) == "done", rec.of("job_failed")
     assert counters["stats"]["unique_graphs"] - graphs == 2  # Stage C and Stage B
     assert rec.of("status_changed")[-1][1] == "cpu · float32 · all resident · demo weights · compiled"
+    # while a stage compiled, the status bar said so
+    said = [args[1] for args in rec.of("status_changed")]
+    assert any("compiling Stage C" in text for text in said) and any("compiling Stage B" in text for text in said)
     pipeline = service._worker._pipeline
 
     service.set_config(dataclasses.replace(service.config, compile=False))

@@ -187,10 +187,16 @@ def test_compiled_networks_match_the_eager_pipeline(demo_models):
     eager = Pipeline(models).run(req)[0].pixels
     compiled = Pipeline(models, compile=True)
     graphs_before = counters["stats"]["unique_graphs"]
-    first = compiled.run(req)[0].pixels
+    first_events, second_events = [], []
+    first = compiled.run(req, on_progress=first_events.append)[0].pixels
     assert counters["stats"]["unique_graphs"] - graphs_before == 2  # Stage C and Stage B
-    second = compiled.run(req)[0].pixels
+    second = compiled.run(req, on_progress=second_events.append)[0].pixels
     assert counters["stats"]["unique_graphs"] - graphs_before == 2  # same size: nothing recompiled
+    # the first run says, before each stage's first step, that it compiles; the second has nothing to say
+    notes = [(e.stage, e.step) for e in first_events if e.note]
+    assert notes == [("c", 0), ("b", 0)] and "compiling" in first_events[0].note
+    assert [(e.stage, e.step) for e in first_events if not e.note] == [(e.stage, e.step) for e in second_events]
+    assert not any(e.note for e in second_events)
     assert np.array_equal(first, second)
     assert np.abs(first.astype(int) - eager).max() <= 8
     assert np.abs(first.astype(int) - eager).mean() < 0.5

@@ -42,12 +42,15 @@ class Cancelled(Exception):
 @dataclass(frozen=True)
 class ProgressEvent:
     """One finished sampling step. ``preview`` is a small RGB uint8 array (H, W, 3) of the first
-    image for Stage C steps when previews are due, else ``None``."""
+    image for Stage C steps when previews are due, else ``None``. An event with step 0 carries a
+    ``note`` instead: the stage is about to start and says why its first step may take long (a
+    torch.compile compilation)."""
 
     stage: str  # "c", "b" or "a"
-    step: int  # 1-based
+    step: int  # 1-based; 0 for a note
     total: int
     preview: np.ndarray | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Pipeline:
         # torch.compile for Stage C and Stage B: the first image at each size (and LoRA set) waits for the
         # compilation, later ones run fused kernels (docs/benchmarks.md).
         self.compile = compile
+        self._compiled_for: set[tuple] = set()  # (stage, network, input shape, guided, LoRAs) compiled so far
         self.lora_cache = LoraCache()
 
     @property
@@ -336,6 +340,14 @@ class Pipeline:
             # LoRAs ride on hooks for this job only: the loaded weights are never changed, and taking the hooks
             # off puts Stage C back on its plain path (the next job without LoRA gives the no-LoRA pixels).
             applied = apply_loras(network, [(f.deltas(network), w) for f, w in loras]) if loras else None
+            if self.compile:
+                key = (stage, id(network), tuple(x_init.shape), settings.cfg != 1, tuple((f.path, w) for f, w in loras))
+                if key not in self._compiled_for:
+                    self._compiled_for.add(key)
+                    note = (
+                        f"compiling Stage {stage.upper()} for this size (the first image at a size, batch or LoRA set)"
+                    )
+                    report(ProgressEvent(stage, 0, steps, note=note))
             try:
                 return self._steps(
                     stage,

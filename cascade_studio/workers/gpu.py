@@ -292,6 +292,9 @@ class GpuWorker(QObject):
             self._set_status(self._base_status)
 
         def on_progress(event) -> None:
+            if event.note:  # e.g. a compilation before the stage's first step: the status bar says so meanwhile
+                self._set_status(f"{self._base_status} · {event.note}…")
+                return
             if self._status != self._base_status:
                 self._set_status(self._base_status)
             self.progress.emit(job.id, event.stage, event.step, event.total)
