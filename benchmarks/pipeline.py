@@ -443,7 +443,7 @@ def serve(args: argparse.Namespace, state: dict, generate, embeddings, image_sta
     state["threads"] = torch.get_num_threads()
     state["torch"] = torch.__version__
     reply(state)
-    out = None
+    out = peak = None
     for line in sys.stdin:
         command = line.strip()
         if command in ("warmup", "run"):
@@ -451,12 +451,14 @@ def serve(args: argparse.Namespace, state: dict, generate, embeddings, image_sta
                 stages, out = generate()
             reply(stages)
         elif command == "profile":
+            peak = proc_status_mib("VmHWM")  # the profiler's own memory must not count in the peak
             with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
                 generate()
             reply({"profile": stage_profile(p)})
+            del p
         elif command == "finish":
             final = {
-                "gen_peak_mib": proc_status_mib("VmHWM"),
+                "gen_peak_mib": proc_status_mib("VmHWM") if peak is None else peak,
                 "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "image": image_stats(out) if out is not None else None,
             }
