@@ -448,3 +448,17 @@ def test_skipping_the_unconditional_branch_equals_guidance_one(sampler):
     for a, b in zip(guided, skipped):
         torch.testing.assert_close(a.x, b.x, rtol=1e-4, atol=2e-5)
         torch.testing.assert_close(a.x0, b.x0, rtol=1e-4, atol=2e-5)
+
+
+def test_prefetched_noise_equals_noise_drawn_step_by_step():
+    # The pipeline prefetches a GPU stage's noise in one copy: the numbers and their order must not change.
+    shape = (2, 3, 3)
+    plain, early = SeededNoise([11, 22], shape), SeededNoise([11, 22], shape)
+    early.prefetch(4)
+    assert torch.equal(early.initial(), plain.initial())
+    for i in range(4):
+        assert torch.equal(early.step(i), plain.step(i))
+    with pytest.raises(ValueError, match="beyond the 4 prefetched"):
+        early.step(4)
+    with pytest.raises(ValueError, match="prefetch once"):
+        early.prefetch(2)

@@ -389,6 +389,8 @@ class Pipeline:
         def predict(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             return graphed(x.to(dtype), r)  # r stays float32 for the sinusoidal embedding
 
+        if sampler == "ddpm":
+            noise.prefetch(steps)  # drawn up front: one copy to a GPU instead of one per step
         x0 = None
         for step in sample(
             predict,

@@ -154,6 +154,8 @@ class SeededNoise:
         self._generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         self._initial: torch.Tensor | None = None
         self._next_step = 0
+        self._prefetched: torch.Tensor | None = None  # (steps, B, *shape) on the device, from prefetch()
+        self._prefetch_start = 0  # the step the first prefetched draw belongs to
 
     @property
     def batch_size(self) -> int:
@@ -169,6 +171,18 @@ class SeededNoise:
             self._initial = self._draw()
         return self._initial.to(self.device, self.dtype)
 
+    def prefetch(self, steps: int) -> None:
+        """Draw the noise of the next ``steps`` steps now and move it to the device in one copy, so that the
+        sampling loop makes no host-to-device transfer. The same numbers, in the same order, as drawing them
+        step by step."""
+        if self._initial is None:
+            self._initial = self._draw()
+        if self._prefetched is not None or steps < 1:
+            raise ValueError("prefetch once, before the first step, for at least one step")
+        draws = torch.stack([self._draw() for _ in range(steps)])
+        self._prefetched = draws.to(self.device, self.dtype)
+        self._prefetch_start = self._next_step
+
     def step(self, i: int) -> torch.Tensor:
         """The fresh noise z (B, *shape) for sampling step ``i``. Steps must be requested in order
         (0, 1, 2 …); the starting noise is drawn first if it has not been yet."""
@@ -177,6 +191,11 @@ class SeededNoise:
         if self._initial is None:
             self._initial = self._draw()
         self._next_step += 1
+        if self._prefetched is not None:
+            k = i - self._prefetch_start
+            if k < len(self._prefetched):
+                return self._prefetched[k]
+            raise ValueError(f"noise for step {i} requested beyond the {len(self._prefetched)} prefetched steps")
         return self._draw().to(self.device, self.dtype)
 
     __call__ = step
