@@ -94,6 +94,7 @@ def main() -> int:
     wait(lambda: window.service is not None, 30)
     doc, session = window.canvas.document, window.session
     window.send_to_canvas(str(landscape(work / "landscape.png")))
+    wait(lambda: doc.path().endswith("landscape.png"), 10)  # decoded on the thread pool
     settle()
     session.prompt = "a red hot-air balloon above the hills, evening light"
     session.negative = "blurry"

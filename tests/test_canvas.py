@@ -361,7 +361,7 @@ def test_space_drag_pans_instead_of_painting(canvas):
     assert view.mapToScene(QPoint(100, 100)) != before
 
 
-def test_paste_save_export_and_open(canvas, tmp_path):
+def test_paste_save_export_and_open(canvas, tmp_path, qtbot):
     image = np.zeros((64, 96, 3), np.uint8)
     image[:, :, 0] = np.arange(96)
     image[:, :, 1] = 200
@@ -381,10 +381,17 @@ def test_paste_save_export_and_open(canvas, tmp_path):
     from PIL import Image
 
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "mask.png")), doc.mask_array())
-    assert canvas.open_path(str(tmp_path / "out.png")) and doc.path().endswith("out.png")
+    with qtbot.waitSignal(canvas.opened, timeout=5_000):
+        assert canvas.open_path(str(tmp_path / "out.png"))  # decoded on the thread pool
+    assert doc.path().endswith("out.png")
+    np.testing.assert_array_equal(doc.image_array(), image)
     errors = []
     canvas.error.connect(errors.append)
     assert not canvas.open_path(str(tmp_path / "missing.png")) and errors
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert canvas.open_path(str(tmp_path / "broken.png"))
+    qtbot.waitUntil(lambda: len(errors) == 2, timeout=5_000)
+    assert "broken.png" in errors[1] and doc.path().endswith("out.png")  # the canvas kept its image
 
 
 def test_strokes_update_only_dirty_rectangles(canvas):
@@ -396,7 +403,7 @@ def test_strokes_update_only_dirty_rectangles(canvas):
     assert canvas.document.undo_stack.count() == 1
 
 
-def test_drop_a_file_opens_it(canvas, tmp_path):
+def test_drop_a_file_opens_it(canvas, tmp_path, qtbot):
     from PIL import Image
     from PySide6.QtCore import QUrl
     from PySide6.QtGui import QDragEnterEvent, QDropEvent
@@ -409,7 +416,8 @@ def test_drop_a_file_opens_it(canvas, tmp_path):
     enter = QDragEnterEvent(QPoint(50, 50), *args)
     QApplication.sendEvent(canvas.view.viewport(), enter)  # Qt delivers a drop only to the accepted drag target
     assert enter.isAccepted()
-    QApplication.sendEvent(canvas.view.viewport(), QDropEvent(QPointF(50, 50), *args))
+    with qtbot.waitSignal(canvas.opened, timeout=5_000):  # decoded on the thread pool
+        QApplication.sendEvent(canvas.view.viewport(), QDropEvent(QPointF(50, 50), *args))
     np.testing.assert_array_equal(canvas.document.image_array(), pixels)
     assert canvas.document.path().endswith("dropped.png")
     canvas.document.undo_stack.undo()

@@ -68,7 +68,8 @@ def paint_stroke(window, points) -> None:
 
 
 def _canvas_ready(window, qtbot, path) -> None:
-    assert window.send_to_canvas(str(path))
+    with qtbot.waitSignal(window.canvas.opened, timeout=5_000):
+        assert window.send_to_canvas(str(path))  # decoded off the GUI thread
     assert window.tabs.currentIndex() == CANVAS_TAB
     canvas = window.canvas
     canvas.brush.set("tool", "brush")
@@ -161,7 +162,8 @@ def test_paint_inpaint_accept_undo_then_extend_and_outpaint_in_the_real_window(q
         entry = next(e for e in window.gallery.model.entries()
                      if GenerationRequest.from_json(e.request_json).mode == "inpaint")  # fmt: skip
         session.mode = "text"
-        window.gallery.recall_requested.emit(GenerationRequest.from_json(entry.request_json))
+        with qtbot.waitSignal(window.canvas.opened, timeout=5_000):  # the source decodes off the GUI thread
+            window.gallery.recall_requested.emit(GenerationRequest.from_json(entry.request_json))
         assert session.mode == "inpaint" and session.mask_feather == 8 and session.strength == 1.0
         assert np.array_equal(doc.image_array(), source) and np.array_equal(doc.mask_array(), mask)
     finally:
@@ -299,7 +301,8 @@ def test_recall_of_an_outpaint_request_restores_its_margins(qtbot, window, tmp_p
     source = _picture(tmp_path / "s.png", 256, 256)
     request = GenerationRequest("wide", seed=3, mode="outpaint", source_image=str(source), outpaint=(128, 0, 128, 0),
                                 strength=1.0, mask_feather=24, method="latent_blend")  # fmt: skip
-    window.recall(request)
+    with qtbot.waitSignal(window.canvas.opened, timeout=5_000):
+        window.recall(request)  # the source image is decoded off the GUI thread
     s = window.session
     assert (s.mode, s.outpaint, s.mask_feather, s.method) == ("outpaint", (128, 0, 128, 0), 24, "latent_blend")
     assert [window.prompt_panel.side_spins[k].value() for k in ("left", "top", "right", "bottom")] == [128, 0, 128, 0]

@@ -142,11 +142,10 @@ class Document(QObject):
             self._set_path(path)
 
     def open(self, path: str | Path) -> None:
-        """Load an image file (EXIF orientation applied) as the new canvas; raises OSError/ValueError."""
-        with Image.open(path) as img:
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
-            pixels = np.asarray(rgb)
-        self.set_image(pixels, text=f"Open {Path(path).name}", path=str(path))
+        """Load an image file (EXIF orientation applied) as the new canvas; raises OSError/ValueError. Decodes on
+        the calling thread: the window decodes on its thread pool (`CanvasWidget.open_path`) and calls
+        `set_image`."""
+        self.set_image(read_image(path), text=f"Open {Path(path).name}", path=str(path))
 
     def extend(self, left: int, top: int, right: int, bottom: int, *, snap: bool = True) -> masks.Extension:
         """Outpainting: grow the canvas per side (each growing axis snapped up to the 128 px grid). The new
@@ -452,3 +451,13 @@ def _coerce(raw, default):
     if isinstance(default, float):
         return float(raw)
     return str(raw)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as an (H, W, 3) uint8 RGB array with its EXIF orientation applied; raises OSError/ValueError
+    (PIL's decompression-bomb error included)."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB")).copy()
+    except Image.DecompressionBombError as exc:
+        raise ValueError(str(exc)) from None

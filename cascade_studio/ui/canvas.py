@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QEvent, QPoint, QPointF, QRect, QRectF, QSettings, Qt, Signal
+from PySide6.QtCore import QEvent, QPoint, QPointF, QRect, QRectF, QSettings, Qt, QThreadPool, Signal
 from PySide6.QtGui import (
     QAction,
     QColor,
@@ -733,6 +734,7 @@ class CanvasWidget(QWidget):
     (`self.actions_by_name`) have shortcuts active while the canvas has focus."""
 
     error = Signal(str)  # a readable message (a file that could not be opened or written)
+    opened = Signal(str)  # a file became the canvas image (after its decode on the thread pool)
 
     def __init__(
         self, settings: QSettings | None = None, document: Document | None = None, parent: QWidget | None = None
@@ -752,6 +754,12 @@ class CanvasWidget(QWidget):
         layout.addWidget(self.toolbar)
         layout.addWidget(self.view, 1)
         self.view.image_dropped.connect(self.open_path)
+        from cascade_studio.ui.canvas_jobs import TaskSignals
+
+        self._tasks = TaskSignals(self)
+        self._tasks.decoded.connect(self._opened)
+        self._open_ticket = 0
+        self._opening: tuple[int, str, Callable[[], None] | None] | None = None
 
     def _build_actions(self) -> None:
         doc = self.document
@@ -794,14 +802,33 @@ class CanvasWidget(QWidget):
         self.actions_by_name[name] = action
 
     # --- files --------------------------------------------------------------------------------------------
-    def open_path(self, path: str) -> bool:
-        try:
-            self.document.open(path)
-        except (OSError, ValueError) as exc:
-            self.error.emit(f"Cannot open {path}: {exc}")
+    def open_path(self, path: str, then: Callable[[], None] | None = None) -> bool:
+        """Make the image file `path` the canvas image (one undo step), decoded on the thread pool so that a large
+        file never holds up the window; `then` runs once it is on the canvas. False (and `error`) when there is
+        no such file; a decode error arrives later through `error`. A later open supersedes an unfinished one."""
+        if not path or not Path(path).is_file():
+            self.error.emit(f"Cannot open {path}: no such file")
             return False
-        self.view.fit()
+        from cascade_studio.ui.canvas_jobs import DecodeImage
+
+        self._open_ticket += 1
+        self._opening = (self._open_ticket, path, then)
+        QThreadPool.globalInstance().start(DecodeImage(self._open_ticket, path, self._tasks))
         return True
+
+    def _opened(self, ticket: int, pixels: np.ndarray | None, error: str) -> None:
+        if self._opening is None or ticket != self._opening[0]:
+            return  # superseded by a later open
+        _, path, then = self._opening
+        self._opening = None
+        if pixels is None:
+            self.error.emit(error)
+            return
+        self.document.set_image(pixels, text=f"Open {Path(path).name}", path=path)
+        self.view.fit()
+        self.opened.emit(path)
+        if then is not None:
+            then()
 
     def open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open image", "", IMAGE_FILTER)

@@ -18,6 +18,7 @@ from PySide6.QtCore import QObject, QRunnable, Signal
 
 from ..core.gallery import HIDDEN_DIR
 from ..core.metadata import save_png_atomic
+from ..state.document import read_image
 
 INPUTS_DIR = "inputs"
 
@@ -64,9 +65,8 @@ class DecodeImage(QRunnable):
 
     def run(self) -> None:
         try:
-            with Image.open(self.path) as im:
-                pixels, error = np.asarray(im.convert("RGB")).copy(), ""
-        except OSError as exc:
+            pixels, error = read_image(self.path), ""
+        except (OSError, ValueError) as exc:
             pixels, error = None, f"Cannot read {self.path}: {exc}"
         with contextlib.suppress(RuntimeError):
             self.signals.decoded.emit(self.ticket, pixels, error)

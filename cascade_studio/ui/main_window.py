@@ -374,12 +374,14 @@ class MainWindow(QMainWindow):
                 self.tabs.setCurrentIndex(VIEWER_TAB)
 
     def send_to_canvas(self, path: str) -> bool:
-        """A gallery image becomes the canvas image (one undo step); the canvas tab comes forward."""
-        if not self.canvas.open_path(path):
-            return False
-        self.tabs.setCurrentIndex(CANVAS_TAB)
-        self.show_info(f"{Path(path).name} is on the canvas.")
-        return True
+        """A gallery image becomes the canvas image (one undo step) once decoded off the GUI thread; then the
+        canvas tab comes forward. False when the file is not there."""
+
+        def shown() -> None:
+            self.tabs.setCurrentIndex(CANVAS_TAB)
+            self.show_info(f"{Path(path).name} is on the canvas.")
+
+        return self.canvas.open_path(path, then=shown)
 
     def _zoom(self, how: str) -> None:
         if self.tabs.currentIndex() == CANVAS_TAB:
@@ -736,15 +738,17 @@ class MainWindow(QMainWindow):
 
     def _recall_onto_canvas(self, request: GenerationRequest) -> None:
         """An inpaint/outpaint recall also puts its source image (and mask) back on the canvas."""
-        if not self.canvas.open_path(request.source_image):
-            return
-        if request.mask_image and Path(request.mask_image).is_file():
-            try:
-                mask = load_mask(request.mask_image)
-                self.canvas.document.set_mask(mask, "Recall mask")
-            except ValueError as exc:
-                self.show_error(f"The recalled mask cannot be used: {exc}")
-        self.tabs.setCurrentIndex(CANVAS_TAB)
+
+        def with_mask() -> None:
+            if request.mask_image and Path(request.mask_image).is_file():
+                try:
+                    mask = load_mask(request.mask_image)  # a mask PNG: small next to the image
+                    self.canvas.document.set_mask(mask, "Recall mask")
+                except ValueError as exc:
+                    self.show_error(f"The recalled mask cannot be used: {exc}")
+            self.tabs.setCurrentIndex(CANVAS_TAB)
+
+        self.canvas.open_path(request.source_image, then=with_mask)
 
     # -- dialogs ---------------------------------------------------------------------------------------
 
