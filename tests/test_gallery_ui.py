@@ -241,6 +241,7 @@ def test_compare_opens_with_two_selected(qtbot, panel, tmp_path):
     qtbot.keyClick(panel.view, Qt.Key.Key_C)
     dialog = panel.compare_dialog
     assert isinstance(dialog, CompareDialog) and dialog.isVisible()
+    qtbot.waitUntil(lambda: not any(im.isNull() for im in dialog.images), timeout=5_000)  # decoded off the GUI thread
     assert {p.name for p in dialog.paths} == {p.name for p in paths[:2]}
     assert all(isinstance(im, QImage) and (im.width(), im.height()) == (56, 40) for im in dialog.images)
 

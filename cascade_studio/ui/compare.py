@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QImageReader, QPainter, QPen
+from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, QThreadPool, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPen
 from PySide6.QtWidgets import (
     QButtonGroup,
     QDialog,
@@ -18,6 +18,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from .image_view import LoadImage, LoadSignals
 
 MODES = ("slider", "side_by_side")
 
@@ -167,14 +169,10 @@ class CompareView(QWidget):
             super().keyPressEvent(event)
 
 
-def load_image(path: str | os.PathLike[str]) -> QImage:
-    reader = QImageReader(os.fspath(path))
-    reader.setAutoTransform(True)
-    return reader.read()
-
-
 class CompareDialog(QDialog):
     """Compare two images. Keys: S switches slider / side by side, W swaps, Left/Right move the divider."""
+
+    loaded = Signal()  # both images decoded (either may be null: the note says which could not be opened)
 
     def __init__(self, path_a: str | os.PathLike[str], path_b: str | os.PathLike[str], parent: QWidget | None = None):
         super().__init__(parent)
@@ -182,9 +180,14 @@ class CompareDialog(QDialog):
         self.setWindowTitle(f"Compare — {self.paths[0].name} vs {self.paths[1].name}")
         self.resize(1100, 720)
         self.view = CompareView(self)
-        # Two full images, decoded once when the user asks to compare them (not on any per-item path).
-        self.images = (load_image(self.paths[0]), load_image(self.paths[1]))
-        self.view.set_images(*self.images, labels=(f"A · {self.paths[0].name}", f"B · {self.paths[1].name}"))
+        # Two full images, decoded on the thread pool when the user asks to compare them; the dialog opens at once
+        # and shows them when both have arrived (`loaded`).
+        self.images: tuple[QImage, QImage] = (QImage(), QImage())
+        self._pending = {0, 1}
+        self._signals = LoadSignals(self)
+        self._signals.loaded.connect(self._arrived)
+        for i, path in enumerate(self.paths):
+            QThreadPool.globalInstance().start(LoadImage(i, os.fspath(path), self._signals))
 
         self.slider_button = QToolButton(text="Slider", checkable=True, checked=True)
         self.side_button = QToolButton(text="Side by side", checkable=True)
@@ -203,9 +206,8 @@ class CompareDialog(QDialog):
         close = QPushButton("Close")
         close.setAutoDefault(False)
         close.clicked.connect(self.accept)
-        errors = [f"Cannot open {p.name}" for p, im in zip(self.paths, self.images) if im.isNull()]
-        note = QLabel("; ".join(errors) or "Drag across the image to move the divider · S switch view · W swap")
-        note.setEnabled(not errors)
+        self.note = note = QLabel("Opening the two images…")
+        note.setEnabled(False)
 
         bar = QHBoxLayout()
         bar.addWidget(self.slider_button)
@@ -218,6 +220,19 @@ class CompareDialog(QDialog):
         layout.addWidget(self.view, 1)
         layout.addLayout(bar)
         self.view.setFocus()
+
+    def _arrived(self, index: int, image: QImage, _path: str, _error: str) -> None:
+        images = list(self.images)
+        images[index] = image
+        self.images = (images[0], images[1])
+        self._pending.discard(index)
+        if self._pending:
+            return
+        self.view.set_images(*self.images, labels=(f"A · {self.paths[0].name}", f"B · {self.paths[1].name}"))
+        errors = [f"Cannot open {p.name}" for p, im in zip(self.paths, self.images) if im.isNull()]
+        self.note.setText("; ".join(errors) or "Drag across the image to move the divider · S switch view · W swap")
+        self.note.setEnabled(not errors)
+        self.loaded.emit()
 
     def keyPressEvent(self, event) -> None:
         # Plain keys, not QShortcuts: they work whenever the dialog has focus, also before it is activated.

@@ -20,14 +20,14 @@ WHEEL_STEP = 1.25
 HINT = "Write a prompt and press Ctrl+Enter.\nPreviews and results appear here."
 
 
-class _LoadSignals(QObject):
+class LoadSignals(QObject):
     loaded = Signal(int, QImage, str, str)  # ticket, image (null on failure), path, error message
 
 
-class _LoadImage(QRunnable):
+class LoadImage(QRunnable):
     """Decodes one file on a pool thread; reports through `signals` (queued into the GUI thread)."""
 
-    def __init__(self, ticket: int, path: str, signals: _LoadSignals):
+    def __init__(self, ticket: int, path: str, signals: LoadSignals):
         super().__init__()
         self.ticket, self.path, self.signals = ticket, path, signals
 
@@ -73,7 +73,7 @@ class ImageView(QGraphicsView):
         self._fitting = True
         self._path = ""
         self._ticket = 0
-        self._signals = _LoadSignals(self)
+        self._signals = LoadSignals(self)
         self._signals.loaded.connect(self._on_loaded)
 
     # -- what is shown ---------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ class ImageView(QGraphicsView):
     def show_path(self, path: str | Path) -> None:
         """Load and show a file; decoding happens off the GUI thread, the newest call wins."""
         self._ticket += 1
-        QThreadPool.globalInstance().start(_LoadImage(self._ticket, str(path), self._signals))
+        QThreadPool.globalInstance().start(LoadImage(self._ticket, str(path), self._signals))
 
     def _on_loaded(self, ticket: int, image: QImage, path: str, error: str) -> None:
         if ticket != self._ticket:
