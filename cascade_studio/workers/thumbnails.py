@@ -7,7 +7,9 @@ calls `retain(visible keys)` after scrolling so work for items scrolled away is 
 
 The disk cache lives under the user's cache folder (`$XDG_CACHE_HOME/cascade-studio/thumbnails` on Linux),
 not in the output folder (which may be synced or shared). Entries are keyed by (absolute path, mtime, size,
-side), so an edited file gets a new thumbnail; stale entries are simply never read again.
+side), so an edited file gets a new thumbnail. Stale entries are never read again, and the cache is kept under
+`max_cache_bytes` (512 MiB by default): when a loader starts, a pool task deletes the least recently used
+entries (a cache hit touches its entry's mtime) down to 80 % of the limit.
 
 Threading: create and use a loader from the GUI thread; only the pool's threads decode images. Call
 `shutdown()` before the application exits (it drops queued work and waits for running tasks).
@@ -29,6 +31,9 @@ from PySide6.QtGui import QImage, QImageReader
 
 THUMB_SIDE = 256  # cached size (longest side, px); the view scales it down for smaller grid sizes
 JPEG_QUALITY = 88
+MAX_CACHE_BYTES = 512 * 2**20  # about 25,000 thumbnails
+PRUNE_TO = 0.8  # a prune leaves the cache at this share of the limit, so it does not run on every start
+STALE_TMP_SECONDS = 3600  # half-written entries older than this were left by a crash
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class ThumbnailLoader(QObject):
         side: int = THUMB_SIDE,
         threads: int | None = None,
         memory_items: int = 600,
+        max_cache_bytes: int = MAX_CACHE_BYTES,
         parent: QObject | None = None,
     ):
         super().__init__(parent)
@@ -87,6 +93,8 @@ class ThumbnailLoader(QObject):
         self._pool.setMaxThreadCount(threads or max(1, min(4, QThread.idealThreadCount() - 1)))
         self._pool.setExpiryTimeout(2000)
         self._produced.connect(self._store, Qt.ConnectionType.QueuedConnection)
+        self.pruned: tuple[int, int] | None = None  # (entries, bytes) deleted by the start-up prune, once it ran
+        self._pool.start(_Prune(self, max_cache_bytes))
 
     def get(self, key: ThumbnailKey) -> QImage | None:
         """The thumbnail if it is in memory (a null QImage for an undecodable file); else queue it, None."""
@@ -173,6 +181,50 @@ class _Drain(QRunnable):
             self._loader._produce(key)
 
 
+class _Prune(QRunnable):
+    def __init__(self, loader: ThumbnailLoader, max_bytes: int):
+        super().__init__()
+        self.loader, self.max_bytes = loader, max_bytes
+
+    def run(self) -> None:
+        self.loader.pruned = prune_cache(self.loader.cache_dir, self.max_bytes)
+
+
+def prune_cache(cache_dir: Path, max_bytes: int, *, now: float | None = None) -> tuple[int, int]:
+    """Keep the thumbnail cache under `max_bytes`: when it is larger, delete the entries used longest ago (oldest
+    mtime) until it holds at most `PRUNE_TO` of the limit; also delete half-written entries left by a crash.
+    Returns (entries deleted, bytes deleted). Files vanishing meanwhile (another process pruning) are fine."""
+    import time
+
+    now = time.time() if now is None else now
+    entries: list[tuple[float, int, Path]] = []
+    removed = freed = 0
+    with contextlib.suppress(OSError):
+        for sub in cache_dir.iterdir():
+            if not sub.is_dir():
+                continue
+            for path in sub.iterdir():
+                with contextlib.suppress(OSError):
+                    st = path.stat()
+                    if path.suffix == ".tmp":
+                        if now - st.st_mtime > STALE_TMP_SECONDS:
+                            path.unlink()
+                            removed, freed = removed + 1, freed + st.st_size
+                        continue
+                    entries.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    if total <= max_bytes:
+        return removed, freed
+    for _, size, path in sorted(entries):
+        if total <= max_bytes * PRUNE_TO:
+            break
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed, freed = removed + 1, freed + size
+        total -= size
+    return removed, freed
+
+
 def cache_path(key: ThumbnailKey, cache_dir: Path, side: int) -> Path:
     digest = hashlib.sha1(f"{key.path}\0{key.mtime_ns}\0{key.size}\0{side}".encode()).hexdigest()
     return cache_dir / digest[:2] / digest
@@ -187,6 +239,8 @@ def make_thumbnail(key: ThumbnailKey, cache_dir: Path, side: int) -> tuple[QImag
         if cached.exists():
             image = QImage(os.fspath(cached))
             if not image.isNull():
+                with contextlib.suppress(OSError):
+                    os.utime(cached)  # recently used: the prune keeps it
                 return image, True
     reader = QImageReader(key.path)
     reader.setAutoTransform(True)
