@@ -39,15 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from open_clip.model import _build_text_tower
 
-    from cascade_studio.pipeline.conditioning import TextEncoder, build_text_tower
+    from cascade_studio.pipeline.conditioning import TextEncoder
     from cascade_studio.pipeline.demo import randomize_
     from tests.support.hf_clip import hf_text_model
 
     torch.set_num_threads(args.threads)
     bench = bench_file()
     cfg = bench["configs"][CONFIG]["text_encoder"]
-    tower = randomize_(build_text_tower(open_clip_text_cfg(cfg)), bench["protocol"]["seed"] + 4)
+    clip_cfg = open_clip_text_cfg(cfg)
+    # open_clip's own tower: the "open_clip blocks" row runs its blocks' forward; ours reads the same tensors
+    tower = randomize_(
+        _build_text_tower(clip_cfg["embed_dim"], clip_cfg["text_cfg"], False), bench["protocol"]["seed"] + 4
+    )
     tower.attn_mask = tower.build_causal_mask()
     encoder = TextEncoder(tower)
     hf = hf_text_model(tower, cfg, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)

@@ -29,6 +29,7 @@ from cascade_studio.pipeline.conditioning import (
     to_hf_text_state,
 )
 from cascade_studio.pipeline.demo import randomize_
+from tests.conftest import ROOT
 from tests.support.configs import bench_config
 from tests.support.hf_clip import (
     STABLE_CASCADE_TEXT_CONFIG,
@@ -64,7 +65,11 @@ def tiny_clip_config(*, quick_gelu: bool | None = None, vocab_size: int | None =
 
 
 def tiny_tower(seed: int = 0, **kwargs) -> torch.nn.Module:
-    tower = randomize_(build_text_tower(tiny_clip_config(**kwargs)), seed)
+    """open_clip's own text tower (the reference our TextTower and TextEncoder are checked against)."""
+    from open_clip.model import _build_text_tower
+
+    cfg = tiny_clip_config(**kwargs)
+    tower = randomize_(_build_text_tower(cfg["embed_dim"], cfg["text_cfg"], cfg["quick_gelu"]), seed)
     tower.attn_mask = tower.build_causal_mask()  # randomize_ also scrambles float buffers
     return tower
 
@@ -223,7 +228,6 @@ def test_text_from_file_reads_only_text_keys(tmp_path, monkeypatch):
         open_clip_pooled = model.encode_text(tokens)  # the full CLIP's own text path
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
     assert rel_diff(ours[1][:, 0], open_clip_pooled) <= 1e-5
-    assert torch.equal(encoder.tower.attn_mask, reference.build_causal_mask())  # rebuilt off the meta device
 
     half = TextEncoder.from_file(path, eot_token_id=EOT, dtype=torch.bfloat16)
     text, pooled = half.encode_tokens(tokens)
@@ -448,3 +452,51 @@ def test_image_from_file_is_strict(tmp_path):
     path = save_clip({k: v for k, v in state.items() if not k.startswith("visual.")}, tmp_path / "b.safetensors", cfg)
     with pytest.raises(CheckpointError, match="holds no CLIP vision tensors"):
         ImageEncoder.from_file(path)
+
+
+@pytest.mark.parametrize("config", ["tiny", "bigG"])
+def test_our_text_tower_has_open_clips_parameters(config):
+    # Both file layouts load into TextTower because it holds exactly open_clip's TextTransformer tensors.
+    import open_clip
+    from open_clip.model import _build_text_tower
+
+    cfg = tiny_clip_config() if config == "tiny" else open_clip.get_model_config(conditioning.TEXT_MODEL)
+    if config == "bigG":  # the built-in config is open_clip's
+        assert conditioning.BIGG_TEXT_CONFIG["text_cfg"] == cfg["text_cfg"]
+        assert conditioning.BIGG_TEXT_CONFIG["embed_dim"] == cfg["embed_dim"]
+    with torch.device("meta"):
+        ours = build_text_tower(cfg)
+        theirs = _build_text_tower(cfg["embed_dim"], dict(cfg["text_cfg"]), bool(cfg.get("quick_gelu", False)))
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in theirs.state_dict().items()
+    }
+
+
+def test_our_text_tower_encodes_like_open_clips():
+    reference = tiny_tower(seed=8)
+    ours = build_text_tower(tiny_clip_config())
+    ours.load_state_dict(reference.state_dict())
+    tokens = token_batch([3, 11, 30], seed=9)
+    with torch.inference_mode():
+        a = TextEncoder(reference, eot_token_id=EOT).encode_tokens(tokens)
+        b = TextEncoder(ours, eot_token_id=EOT).encode_tokens(tokens)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_the_tokenizer_needs_no_open_clip_package_and_equals_open_clips():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cascade_studio.pipeline import conditioning as c; "
+        "t = c._open_clip_tokenizer(c.TEXT_MODEL, 77); ids = t(['a photo of a cat, highly detailed', ''])[0][:12]; "
+        "print(ids.tolist(), 'open_clip' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    import open_clip
+
+    expected = open_clip.get_tokenizer(conditioning.TEXT_MODEL)(["a photo of a cat, highly detailed", ""])
+    assert out.stdout.strip() == f"{expected[0][:12].tolist()} False"
+    ours = conditioning._open_clip_tokenizer(conditioning.TEXT_MODEL, 77)
+    prompts = ["Ünïcödé  and   spaces", "x " * 100, "<start_of_text> [fernando]"]
+    assert torch.equal(ours(prompts), open_clip.get_tokenizer(conditioning.TEXT_MODEL)(prompts))

@@ -1,6 +1,7 @@
 """CLIP conditioning: the ViT-bigG-14 text encoder and the ViT-L/14 image encoder.
 
-Both are open_clip towers. The text tower is read from either of two safetensors layouts:
+The text tower is our :class:`TextTower`, which holds exactly open_clip's ``TextTransformer`` tensors under
+the same names; the image tower is open_clip's. The text tower is read from either of two safetensors layouts:
 
 * transformers' ``CLIPTextModelWithProjection`` (``text_model.*`` keys, q/k/v projections apart,
   ``text_projection.weight`` a Linear weight): Stability AI's ``text_encoder/model.safetensors``
@@ -28,8 +29,9 @@ project a non-contiguous tensor, which PyTorch's CPU linear does as a slow batch
 1.6x the whole encoder's time).
 
 :class:`ImageEncoder` returns the projected (not normalised) ViT-L/14 image embedding, (B, 1, 768),
-after CLIP's preprocessing. open_clip itself is imported only when an encoder is built or a prompt
-tokenised, since importing it takes seconds.
+after CLIP's preprocessing. The open_clip package (seconds to import, about 240 MiB) is imported only for the
+image encoder: the text side needs just its ``tokenizer.py`` and BPE vocabulary, which are loaded on their own
+(:func:`load_tokenizer_module`), and bigG's text config is built in (:data:`BIGG_TEXT_CONFIG`).
 
 Extra tokens for one call (:class:`TokenOverrides`, built from a LoRA's learned token embeddings by
 :func:`cascade_studio.pipeline.lora.token_overrides`): the tokenizer then also recognises the added token
@@ -43,9 +45,12 @@ plain result.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import json
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -71,6 +76,12 @@ from .checkpoints import (
 CLIP_NETWORK = "open_clip"
 
 TEXT_MODEL = "ViT-bigG-14"  # laion2b_s39b_b160k: trained with exact GELU
+#: open_clip's model config of TEXT_MODEL (model_configs/ViT-bigG-14.json), text part: built in, so that loading the
+#: text encoder needs no open_clip import (tests/test_conditioning.py checks it against open_clip's)
+BIGG_TEXT_CONFIG = {
+    "embed_dim": 1280,
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 1280, "heads": 20, "layers": 32},
+}
 IMAGE_MODEL = "ViT-L-14-quickgelu"  # ViT-L/14 for the OpenAI weights, which were trained with QuickGELU
 SOT_TOKEN_ID = 49406
 EOT_TOKEN_ID = 49407
@@ -97,6 +108,8 @@ def _model_config(header: Header, model_name: str, tower_cfg: str) -> dict:
         except ValueError as exc:
             raise CheckpointError(f"{header.path}: metadata {META_CONFIG!r} is not usable ({exc})") from None
         return cfg
+    if model_name == TEXT_MODEL and tower_cfg == "text_cfg":
+        return json.loads(json.dumps(BIGG_TEXT_CONFIG))  # a copy; no open_clip import for the text tower
     import open_clip
 
     cfg = open_clip.get_model_config(model_name)
@@ -210,13 +223,63 @@ _RESBLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)")
 _HF_TRANSPOSED = frozenset({"text_projection"})
 
 
-def build_text_tower(model_cfg: Mapping, *, quick_gelu: bool | None = None) -> nn.Module:
-    """open_clip's text tower (``TextTransformer``) for ``model_cfg``, on the current default device."""
-    from open_clip.model import _build_text_tower
+class _QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
 
+
+class _TextBlock(nn.Module):
+    """open_clip's ``ResidualAttentionBlock`` parameters (run by :func:`_attention_block`)."""
+
+    def __init__(self, width: int, heads: int, mlp_width: int, quick_gelu: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ls_1 = nn.Identity()
+        self.ln_2 = nn.LayerNorm(width)
+        act = _QuickGELU() if quick_gelu else nn.GELU()
+        self.mlp = nn.Sequential(
+            OrderedDict([("c_fc", nn.Linear(width, mlp_width)), ("gelu", act), ("c_proj", nn.Linear(mlp_width, width))])
+        )
+        self.ls_2 = nn.Identity()
+
+
+class TextTower(nn.Module):
+    """The CLIP text transformer with open_clip's ``TextTransformer`` parameter names (so both file layouts load
+    into it), without open_clip: :class:`TextEncoder` runs it. Only the plain configuration of the CLIP text
+    towers is built (causal mask, end-of-text pooling, a projection matrix, no layer scale)."""
+
+    #: ``pool_type`` / ``eos_id`` only say where open_clip's own forward pools; TextEncoder pools at the first
+    #: end-of-text token whatever they say
+    _OPTIONS = frozenset(
+        {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "pool_type", "eos_id"}
+    )
+
+    def __init__(self, embed_dim: int, text_cfg: Mapping, quick_gelu: bool = False):
+        super().__init__()
+        unknown = {k for k, v in text_cfg.items() if k not in self._OPTIONS and v not in (None, False)}
+        if unknown:
+            raise ValueError(f"text tower options not supported: {', '.join(sorted(unknown))}")
+        width, layers = int(text_cfg.get("width", 512)), int(text_cfg.get("layers", 12))
+        heads = int(text_cfg.get("heads", 8))
+        mlp_width = int(width * float(text_cfg.get("mlp_ratio", 4.0)))
+        self.context_length = int(text_cfg.get("context_length", 77))
+        self.vocab_size = int(text_cfg.get("vocab_size", 49408))
+        self.token_embedding = nn.Embedding(self.vocab_size, width, _weight=torch.empty(self.vocab_size, width))
+        self.positional_embedding = nn.Parameter(torch.empty(self.context_length, width))
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.ModuleList(
+            _TextBlock(width, heads, mlp_width, quick_gelu) for _ in range(layers)
+        )
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
+
+
+def build_text_tower(model_cfg: Mapping, *, quick_gelu: bool | None = None) -> nn.Module:
+    """The text tower (:class:`TextTower`) for an open_clip model config, on the current default device."""
     if quick_gelu is None:
         quick_gelu = bool(model_cfg.get("quick_gelu", False))
-    return _build_text_tower(model_cfg["embed_dim"], dict(model_cfg["text_cfg"]), quick_gelu)
+    return TextTower(int(model_cfg["embed_dim"]), dict(model_cfg["text_cfg"]), quick_gelu)
 
 
 def text_keys(header: Header) -> dict[str, str]:
@@ -316,9 +379,26 @@ def save_hf_text(state: Mapping[str, torch.Tensor], path: str | os.PathLike, mod
 
 
 def _open_clip_tokenizer(model_name: str, context_length: int) -> Callable[[list[str]], torch.Tensor]:
-    import open_clip
+    """open_clip's BPE tokenizer, for TEXT_MODEL read from open_clip's ``tokenizer.py`` alone: importing the open_clip
+    package (models, torchvision …) costs seconds and about 240 MiB, none of which encoding a prompt needs."""
+    if model_name != TEXT_MODEL:
+        import open_clip
 
-    return open_clip.get_tokenizer(model_name, context_length=context_length)
+        return open_clip.get_tokenizer(model_name, context_length=context_length)
+    return load_tokenizer_module().SimpleTokenizer(context_length=context_length)
+
+
+@functools.cache
+def load_tokenizer_module():
+    """open_clip's ``tokenizer.py`` as a module of its own (the package's ``__init__`` is not run)."""
+    spec = importlib.util.find_spec("open_clip")  # locates the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("open_clip_torch is not installed (it ships the CLIP tokenizer's vocabulary)")
+    source = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.py"
+    module_spec = importlib.util.spec_from_file_location("cascade_studio._clip_bpe", source)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def _check_blocks(tower: nn.Module) -> None:
@@ -438,8 +518,6 @@ class TextEncoder(nn.Module):
             _load_hf_text(tower, header, dtype=dtype, device=device)
         else:
             _load_tower(tower, header, text_keys(header), what="CLIP text", dtype=dtype, device=device)
-        if getattr(tower, "attn_mask", None) is not None:  # non-persistent: rebuild it off the meta device
-            tower.attn_mask = tower.build_causal_mask().to(device)
         _check_materialised(tower)
         return cls(tower, eot_token_id=eot_token_id)
 

@@ -206,15 +206,15 @@ class GpuWorker(QObject):
             QThread.currentThread().quit()
 
     def _warm_up(self) -> None:
-        """Import torch, the pipeline and open_clip, and choose the device, so the first job starts at once.
-        (The imports hold the GIL for stretches of a few hundred ms: better while the user types a prompt
+        """Import torch, the pipeline and the CLIP tokenizer, and choose the device, so the first job starts at
+        once. (The imports hold the GIL for stretches of a few hundred ms: better while the user types a prompt
         than after they press Generate.)"""
         try:
             if "torch" not in sys.modules:
                 self._set_status("loading PyTorch…")
-            import open_clip  # noqa: F401 - the text encoder's first load would import it
-
             from ..pipeline import conditioning, generate  # noqa: F401
+
+            conditioning.load_tokenizer_module()  # what the first prompt's tokenising would load
 
             self._pipeline_for(self._config(), "lite")  # ends by reporting the device
         except _Failure as failure:
