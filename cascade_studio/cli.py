@@ -260,7 +260,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline.device import choose_device, choose_dtype, choose_memory
     from .pipeline.generate import Pipeline
     from .pipeline.images import load_image, to_pil
-    from .pipeline.lora import LoraError, find_lora
+    from .pipeline.lora import LoraError
     from .pipeline.models import MEMORY_MODES, MissingWeights, ModelSet
 
     inputs = {}
@@ -285,8 +285,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         plan = pipeline.plan(request)
         files = models.check(request.mode, plan.method)
-        for name, weight in request.all_loras():  # read and check every LoRA file before the first step
-            lora = pipeline.lora_cache.get(find_lora(name, models_dir))
+        for lora, weight in pipeline.loras(request):  # read and check every LoRA file before the first step
             print(f"LoRA {lora.name} ({lora.layout} layout) at weight {weight:g}", file=sys.stderr)
             if lora.token_warning:
                 print(f"warning: {lora.token_warning}", file=sys.stderr)

@@ -30,7 +30,7 @@ from .control import (
     resize_image,
 )
 from .graphs import maybe_graphed
-from .lora import LoraCache, find_lora, token_overrides
+from .lora import LoraCache, LoraFile, find_lora, token_overrides
 from .models import MissingWeights, ModelSet
 from .sampling import SeededNoise, diffuse, sample
 
@@ -113,6 +113,11 @@ class Pipeline:
     def device(self) -> torch.device:
         return self.models.device
 
+    def loras(self, request: GenerationRequest) -> list[tuple[LoraFile, float]]:
+        """The request's LoRA files (its ``loras`` then its prompt tags) with their weights, read and checked once
+        (:class:`LoraCache`); raises :class:`LoraError` naming a missing or unfit file."""
+        return [(self.lora_cache.get(find_lora(name, self.models.folder)), w) for name, w in request.all_loras()]
+
     def plan(self, request: GenerationRequest) -> Plan:
         """Resolve how ``request`` runs, reading only file headers. Inpaint/outpaint with method "auto" use the
         inpainting ControlNet when it is present and fits the Stage C (the full 3.6B one, for the released
@@ -179,7 +184,7 @@ class Pipeline:
         dtype = m.dtype
         # <lora:name:weight> tags are instructions, not text for CLIP; the files are read (and checked) up front.
         prompt, _ = split_lora_tags(request.prompt)
-        loras = [(self.lora_cache.get(find_lora(name, m.folder)), weight) for name, weight in request.all_loras()]
+        loras = self.loras(request)
 
         with m.using("text_encoder") as (text_encoder,):
             # A reference LoRA's learned tokens: added for this encoding only (the encoder's weights are not written).

@@ -44,6 +44,7 @@ from PySide6.QtWidgets import (
 
 from cascade_studio.core import mask as masks
 from cascade_studio.state.document import BrushSettings, Document
+from cascade_studio.ui.canvas_jobs import DecodeImage, TaskSignals
 from cascade_studio.ui.image_view import array_to_qimage
 
 MIN_ZOOM, MAX_ZOOM = 0.02, 32.0
@@ -754,8 +755,6 @@ class CanvasWidget(QWidget):
         layout.addWidget(self.toolbar)
         layout.addWidget(self.view, 1)
         self.view.image_dropped.connect(self.open_path)
-        from cascade_studio.ui.canvas_jobs import TaskSignals
-
         self._tasks = TaskSignals(self)
         self._tasks.decoded.connect(self._opened)
         self._open_ticket = 0
@@ -809,8 +808,6 @@ class CanvasWidget(QWidget):
         if not path or not Path(path).is_file():
             self.error.emit(f"Cannot open {path}: no such file")
             return False
-        from cascade_studio.ui.canvas_jobs import DecodeImage
-
         self._open_ticket += 1
         self._opening = (self._open_ticket, path, then)
         QThreadPool.globalInstance().start(DecodeImage(self._open_ticket, path, self._tasks))

@@ -2,8 +2,8 @@
 on torch: writing the canvas's image and mask as a job's input files, decoding a finished result to become a
 candidate, and computing the canny edge layer exactly as the engine does.
 
-Each task reports through a `TaskSignals` object owned by the window (queued into the GUI thread); a ticket
-lets the window drop answers it no longer wants.
+Each task reports through a `TaskSignals` object owned by the window or the canvas (queued into the GUI thread); a
+ticket lets the owner drop answers it no longer wants. `DecodeImage` also opens files onto the canvas.
 """
 
 from __future__ import annotations

@@ -258,7 +258,6 @@ class GpuWorker(QObject):
         from ..core.inpaint import InputError, load_mask
         from ..pipeline.generate import Cancelled
         from ..pipeline.images import load_image
-        from ..pipeline.lora import find_lora
         from ..pipeline.models import MissingWeights
 
         try:
@@ -269,9 +268,8 @@ class GpuWorker(QObject):
         except InputError as exc:  # a ControlNet that does not fit this Stage C
             raise _Failure(str(exc), "invalid") from None
         notes = [plan.note] if plan.note else []  # e.g. "inpainting by latent blending (…)"
-        for name, _ in request.all_loras():  # a LoRA whose learned tokens cannot be used says so (read once, cached)
-            lora = pipeline.lora_cache.get(find_lora(name, pipeline.models.folder))
-            notes += [lora.token_warning] if lora.token_warning else []
+        # a LoRA whose learned tokens cannot be used says so (the files are read once: the run reuses them)
+        notes += [lora.token_warning for lora, _ in pipeline.loras(request) if lora.token_warning]
         if notes:
             self.job_note.emit(job.id, "; ".join(notes))
         model_name = "demo" if config.demo else files["stage_c"].name.removesuffix(".safetensors")
