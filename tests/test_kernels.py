@@ -1,0 +1,97 @@
+"""The Triton scale-shift kernel (networks/kernels.py), run on the CPU in Triton's interpreter.
+
+The interpreter is chosen when a kernel is defined, so each check runs in a child process with
+TRITON_INTERPRET=1; the child forces the kernel path (``kernels.fast_path``) that the networks take for CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("triton", reason="Triton ships with PyTorch's Linux builds; the kernel is unused without it")
+
+
+def run_interpreted(code: str) -> str:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_kernel_equals_addcmul_for_both_broadcast_patterns():
+    out = run_interpreted(
+        """
+        import torch
+        from cascade_studio.networks.kernels import scale_shift_3d
+
+        gen = torch.Generator().manual_seed(0)
+        for dtype in (torch.float32, torch.bfloat16):
+            # GlobalResponseNorm: (B, HW, C), scale per sample and channel, shift per channel. Odd sizes leave
+            # partial blocks on both axes.
+            x = torch.randn(3, 37, 300, generator=gen).to(dtype)
+            scale = torch.randn(3, 1, 300, generator=gen).to(dtype)
+            shift = torch.randn(1, 1, 300, generator=gen).to(dtype)
+            got = scale_shift_3d(x, scale, shift)
+            want = torch.addcmul(shift, x, scale)
+            assert got.dtype == dtype and got.shape == x.shape
+            # float32: the kernel may fuse the multiply-add; bf16: at most one rounding step apart.
+            tol = 1e-5 if dtype == torch.float32 else 2 ** -7 * want.abs().max().item()
+            assert (got.float() - want.float()).abs().max().item() <= tol, dtype
+            # TimestepBlock: (B, C, HW), scale and shift per sample and channel.
+            x = torch.randn(2, 19, 513, generator=gen).to(dtype)
+            scale = torch.randn(2, 19, 1, generator=gen).to(dtype)
+            shift = torch.randn(2, 19, 1, generator=gen).to(dtype)
+            got = scale_shift_3d(x, scale, shift)
+            want = torch.addcmul(shift, x, scale)
+            tol = 1e-5 if dtype == torch.float32 else 2 ** -7 * want.abs().max().item()
+            assert (got.float() - want.float()).abs().max().item() <= tol, dtype
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_network_blocks_through_the_kernel_equal_the_plain_path():
+    """GlobalResponseNorm, ResBlock and FeedForwardBlock give the same output through the kernel (forced) as
+    through ``torch.addcmul``: the views and strides handed to the kernel are right."""
+    out = run_interpreted(
+        """
+        import torch
+        from cascade_studio.networks import kernels
+        from cascade_studio.networks.common import FeedForwardBlock, GlobalResponseNorm, ResBlock
+
+        torch.manual_seed(0)
+        grn = GlobalResponseNorm(48)
+        res = ResBlock(8, c_skip=4)
+        ffn = FeedForwardBlock(8)
+        with torch.no_grad():
+            for norm in (grn, res.channelwise[2], ffn.channelwise[2]):
+                norm.gamma.normal_()
+                norm.beta.normal_()
+        x_last = torch.randn(2, 5, 7, 48)
+        x, skip = torch.randn(2, 8, 20, 15), torch.randn(2, 4, 20, 15)
+
+        def outputs():
+            return grn(x_last), res(x, skip), ffn(x)
+
+        with torch.inference_mode():
+            plain = outputs()
+            kernels.fast_path = lambda x, *others: True
+            fused = outputs()
+        for a, b in zip(plain, fused):
+            assert a.shape == b.shape and a.stride() == b.stride()
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
