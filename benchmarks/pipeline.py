@@ -4,11 +4,11 @@ Builds the ``medium`` benchmark networks (/work/shared/bench/configs.json) once 
 weights and writes them twice: as our weights folder (official file names, read by ``ModelSet``) and as
 diffusers / transformers ``save_pretrained`` folders converted from the very same tensors (test-support
 converters; Stage A through ``to_diffusers_paella``, scale factor 0.43 in both). Every implementation then
-runs in its own child process (clean peak RSS), 2 torch threads, float32: each child loads its weights
-once, generates once to warm up, and then the children take turns, one timed generation each per round
-for ``--runs`` rounds (the order rotating), so that load from other processes on this shared machine
-falls on all of them alike (``--no-interleave``: one child after another). The run with the best total
-is reported::
+runs in its own child process (clean peak RSS), 2 torch threads, float32 (``--dtype bf16``: bfloat16 in every
+row): each child loads its weights once, generates once to warm up, and then the children take turns, one
+timed generation each per round for ``--runs`` rounds (the order rotating), so that load from other processes
+on this shared machine falls on all of them alike (``--no-interleave``: one child after another). The run with
+the best total is reported::
 
     .venv/bin/python benchmarks/pipeline.py                 # 512x512, best of 2
     .venv/bin/python benchmarks/pipeline.py --size 1024 --runs 2
@@ -70,6 +70,7 @@ from benchmarks.common import cpu_model, proc_status_mib, table  # noqa: E402
 CONFIGS = ROOT.parent / "shared" / "bench" / "configs.json"
 CONFIG = "medium"
 THREADS = 2
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 #: Stage A scale factor used by both implementations (configs.json asks for 0.43 in both).
 STAGE_A_SCALE = 0.43
 #: Real CLIP special token ids (configs.json's text_encoder has placeholders 0/1/1).
@@ -308,7 +309,8 @@ def run_ours(args: argparse.Namespace, b_cfg: float, protocol: dict) -> None:
 
     t0 = time.perf_counter()
     memory = "sequential" if args.child == "ours-sequential" else args.memory
-    models = ModelSet(Path(args.weights) / "ours", variant="lite", device="cpu", dtype=torch.float32, memory=memory)
+    dtype = getattr(torch, DTYPE_NAMES[args.dtype])
+    models = ModelSet(Path(args.weights) / "ours", variant="lite", device="cpu", dtype=dtype, memory=memory)
     if memory == "resident":
         for role in models.check("text"):
             models.get(role)
@@ -362,15 +364,16 @@ def run_diffusers(args: argparse.Namespace, protocol: dict) -> None:
 
     t0 = time.perf_counter()
     folder = Path(args.weights) / "diffusers"
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", dtype=torch.float32).eval()
+    dtype = getattr(torch, DTYPE_NAMES[args.dtype])
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", dtype=dtype).eval()
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     pipe = StableCascadeCombinedPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
-        decoder=StableCascadeUNet.from_pretrained(folder / "decoder", torch_dtype=torch.float32).eval(),
+        decoder=StableCascadeUNet.from_pretrained(folder / "decoder", torch_dtype=dtype).eval(),
         scheduler=DDPMWuerstchenScheduler(),
-        vqgan=PaellaVQModel.from_pretrained(folder / "vqgan", torch_dtype=torch.float32).eval(),
-        prior_prior=StableCascadeUNet.from_pretrained(folder / "prior", torch_dtype=torch.float32).eval(),
+        vqgan=PaellaVQModel.from_pretrained(folder / "vqgan", torch_dtype=dtype).eval(),
+        prior_prior=StableCascadeUNet.from_pretrained(folder / "prior", torch_dtype=dtype).eval(),
         prior_text_encoder=text_encoder,
         prior_tokenizer=tokenizer,
         prior_scheduler=DDPMWuerstchenScheduler(),
@@ -552,6 +555,8 @@ class Child:
             str(args.size),
             "--memory",
             args.memory,
+            "--dtype",
+            args.dtype,
             *(["--profile"] if args.profile else []),
         ]
         self._stderr = self.log.open("w")
@@ -688,7 +693,7 @@ def parent(args: argparse.Namespace) -> None:
     protocol = bench["protocol"]
     print(f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, {THREADS} torch threads, load average {load_average()}")
     print(
-        f"Config {CONFIG!r} at {args.size}x{args.size}, float32, seed {protocol['seed']}, "
+        f"Config {CONFIG!r} at {args.size}x{args.size}, {DTYPE_NAMES[args.dtype]}, seed {protocol['seed']}, "
         f"Stage C {protocol['stage_c']['steps']} steps cfg {protocol['stage_c']['cfg']}, "
         f"Stage B {protocol['stage_b']['steps']} steps; 1 warm-up + best of {args.runs} generations per child, "
         f"{'interleaved' if args.interleave else 'one child after another'}"
@@ -750,7 +755,8 @@ def parent(args: argparse.Namespace) -> None:
     versions = base or next(iter(results.values()))
     print(
         f"Machine: {cpu_model()} | torch {versions['torch']} | diffusers {base['diffusers'] if base else '-'} | "
-        f"{THREADS} threads | float32 | {CONFIG} @ {args.size}x{args.size} | best total of {args.runs} after "
+        f"{THREADS} threads | {DTYPE_NAMES[args.dtype]} | {CONFIG} @ {args.size}x{args.size} | "
+        f"best total of {args.runs} after "
         f"1 warm-up | ours memory mode {args.memory} (ours-sequential: sequential)"
     )
     print(
@@ -857,6 +863,13 @@ def main(argv: list[str] | None = None) -> None:
         "--profile",
         action="store_true",
         help="after the timed runs, profile one generation per row: top operators per stage",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(DTYPE_NAMES),
+        default="fp32",
+        help="precision of every network in every row (default fp32, the protocol's; bf16 pays off on CPUs with "
+        "native bfloat16 such as AVX512-BF16 or AMX)",
     )
     parser.add_argument("--workdir", help="keep (and reuse) weights and results in this folder, not a temp folder")
     parser.add_argument("--write-weights", metavar="FOLDER", help=argparse.SUPPRESS)

@@ -49,9 +49,11 @@ def _generate(tmp_path, monkeypatch, demo_cache, *extra):
 
 def test_generate_writes_pngs_whose_metadata_regenerates_them(tmp_path, monkeypatch, capsys, demo_cache, demo_models):
     import numpy as np
+    import torch
     from PIL import Image
 
     from cascade_studio.core.metadata import read_metadata
+    from cascade_studio.pipeline.device import choose_dtype
     from cascade_studio.pipeline.generate import Pipeline
     from cascade_studio.pipeline.models import ModelSet
 
@@ -66,9 +68,11 @@ def test_generate_writes_pngs_whose_metadata_regenerates_them(tmp_path, monkeypa
     assert sorted(m.request.seed for m in meta.values()) == [40, 41, 42, 43]
     assert all(m.model == "demo" for m in meta.values())
     path, first = next((p, m) for p, m in meta.items() if m.request.seed == 42)
-    # Seed 42 opened the second run of two images: the recorded request, run in a batch of two again,
-    # gives exactly these pixels (alone it may differ by one level: see test_pipeline).
-    again = Pipeline(ModelSet(demo_models)).run(first.request.with_(batch_size=2))[0]
+    # Seed 42 opened the second run of two images: the recorded request, run in a batch of two again at the
+    # precision `generate` chose (auto), gives exactly these pixels (alone it may differ by one level: see
+    # test_pipeline).
+    dtype = choose_dtype("auto", torch.device("cpu"))
+    again = Pipeline(ModelSet(demo_models, dtype=dtype)).run(first.request.with_(batch_size=2))[0]
     assert np.array_equal(np.asarray(Image.open(path)), again.pixels)
 
 

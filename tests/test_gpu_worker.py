@@ -22,6 +22,15 @@ from tests.conftest import ROOT
 TIMEOUT_MS = 120_000  # the first job of a service imports torch and loads the networks
 
 
+def cpu_precision() -> str:
+    """The precision the worker's "auto" picks on this machine's CPU (bfloat16 where the CPU has native bf16)."""
+    import torch
+
+    from cascade_studio.pipeline.device import choose_dtype
+
+    return str(choose_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+
+
 def tiny_request(prompt: str = "a lighthouse at dusk", *, steps_c: int = 3, steps_b: int = 2, **changes):
     request = GenerationRequest(
         prompt,
@@ -138,7 +147,7 @@ def test_a_job_streams_progress_and_previews_then_writes_an_indexed_png(qtbot, m
     assert previews and all(p[2].dtype == np.uint8 and p[2].ndim == 3 and p[2].shape[2] == 3 for p in previews)
     statuses = [e[1] for e in rec.of("status_changed")]
     assert any(s.startswith("loading") for s in statuses)
-    assert statuses[-1] == "cpu · float32 · all resident · demo weights"
+    assert statuses[-1] == f"cpu · {cpu_precision()} · all resident · demo weights"
 
     ((_, _, path),) = rec.of("image_ready", job)
     path = Path(path)
@@ -324,7 +333,7 @@ def test_shutdown_of_an_idle_service(make_service):
 def test_warm_up_reports_the_device_without_a_job(qtbot, make_service):
     service, rec = make_service()
     service.warm_up()
-    ready = "cpu · float32 · all resident · demo weights"
+    ready = f"cpu · {cpu_precision()} · all resident · demo weights"
     qtbot.waitUntil(lambda: ready in [e[1] for e in rec.of("status_changed")], timeout=TIMEOUT_MS)
     assert [e[0] for e in rec.events if e[0] != "status_changed"] == []
     job = service.submit(tiny_request())
@@ -343,7 +352,7 @@ def test_compile_runs_the_networks_compiled_and_turns_off_without_reloading(qtbo
     qtbot.waitUntil(lambda: rec.outcome(job) is not None, timeout=TIMEOUT_MS)
     assert rec.outcome(job) == "done", rec.of("job_failed")
     assert counters["stats"]["unique_graphs"] - graphs == 2  # Stage C and Stage B
-    assert rec.of("status_changed")[-1][1] == "cpu · float32 · all resident · demo weights · compiled"
+    assert rec.of("status_changed")[-1][1] == f"cpu · {cpu_precision()} · all resident · demo weights · compiled"
     # while a stage compiled, the status bar said so
     said = [args[1] for args in rec.of("status_changed")]
     assert any("compiling Stage C" in text for text in said) and any("compiling Stage B" in text for text in said)
@@ -354,7 +363,7 @@ def test_compile_runs_the_networks_compiled_and_turns_off_without_reloading(qtbo
     qtbot.waitUntil(lambda: rec.outcome(job) is not None, timeout=TIMEOUT_MS)
     assert rec.outcome(job) == "done", rec.of("job_failed")
     assert counters["stats"]["unique_graphs"] - graphs == 2
-    assert rec.of("status_changed")[-1][1] == "cpu · float32 · all resident · demo weights"
+    assert rec.of("status_changed")[-1][1] == f"cpu · {cpu_precision()} · all resident · demo weights"
     assert service._worker._pipeline is pipeline  # the loaded networks were kept
 
 

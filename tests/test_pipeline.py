@@ -120,8 +120,14 @@ def test_missing_weights_are_listed_with_what_to_do(tmp_path, demo_models):
 
 
 def test_bf16_models_run(demo_models):
-    images = Pipeline(ModelSet(demo_models, dtype=torch.bfloat16)).run(request(stage_c=StageSettings(2, 4.0, 2.0)))
+    models = ModelSet(demo_models, dtype=torch.bfloat16)
+    stage_a = models.get("stage_a")
+    decoded = []
+    decode = stage_a.decode
+    stage_a.decode = lambda z, **kw: decoded.append(z.dtype) or decode(z, **kw)
+    images = Pipeline(models).run(request(stage_c=StageSettings(2, 4.0, 2.0)))
     assert images[0].pixels.shape == (384, 256, 3)
+    assert decoded == [torch.bfloat16]  # Stage A decodes in the pipeline's precision on the CPU too
     stage_c = ModelSet(demo_models, dtype=torch.bfloat16).get("stage_c")
     assert isinstance(stage_c, StageC) and next(stage_c.parameters()).dtype == torch.bfloat16
 

@@ -24,7 +24,7 @@ from cascade_studio.state.queue import (
 from cascade_studio.ui.image_view import array_to_qimage
 from cascade_studio.ui.queue_panel import QueuePanel
 from cascade_studio.workers.gpu import GenerationService, WorkerConfig
-from tests.test_gpu_worker import TIMEOUT_MS, Gate, Recorder, tiny_request
+from tests.test_gpu_worker import TIMEOUT_MS, Gate, Recorder, cpu_precision, tiny_request
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_a_job_shows_previews_and_progress_then_finishes(qtbot, make_panel):
     assert panel.model.job(job).paths == [e[2] for e in rec.of("image_ready", job)]
     assert "done · 1 image" in panel.model.index(0).data()
     assert panel.preview_label.text() == "No job running"
-    assert panel.status_label.text().startswith("cpu · float32")
+    assert panel.status_label.text().startswith(f"cpu · {cpu_precision()}")
 
 
 def test_a_failed_job_shows_its_message_and_the_next_one_runs(qtbot, make_panel, tmp_path):

@@ -26,11 +26,28 @@ def choose_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), where bf16 products run
+    at about twice the float32 rate (two Zen 4 cores: 390 against 155-200 GFLOP/s). Elsewhere bf16 is emulated
+    and slower than float32. Older PyTorch builds without the probes count as no."""
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(torch.cpu, probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except RuntimeError:
+            continue
+    return False
+
+
 def choose_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on GPUs that support it and float32 elsewhere (CPU bf16 is slow).
-    float16 is not offered: the released Stage C overflows in it."""
+    """``auto`` is bfloat16 on GPUs that support it and on CPUs with native bf16 matrix products (the
+    reference samples in bf16; on such a CPU it halves the time), float32 elsewhere. float16 is not offered:
+    the released Stage C overflows in it."""
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
     if name not in _DTYPES:

@@ -287,12 +287,12 @@ class Pipeline:
         with m.using("stage_a") as (stage_a,):
             # One image at a time, in strips: a plain float32 decode at 1024² holds several GiB of activations.
             tile = STAGE_A_TILE_PIXELS.get(self.device.type, STAGE_A_TILE_PIXELS["cpu"])
-            # On a GPU in bfloat16, Stage A decodes in bfloat16 too, as the reference does (its sampling runs
-            # under bf16 autocast); the float32 weights are cast per decode.
-            decode_dtype = dtype if self.device.type == "cuda" else torch.float32
+            # Stage A decodes in the pipeline's precision, as the reference does under bf16 autocast: bfloat16
+            # halves its time on a GPU and on a CPU with native bf16 (1024²: 7.5 s instead of 14.5 s on two Zen 4
+            # cores), at most about one 8-bit level from float32. The float32 weights are cast per decode.
             pixels = np.concatenate(
                 [
-                    to_uint8(stage_a.decode(latent_b[i : i + 1].to(decode_dtype), tile_pixels=tile).float())
+                    to_uint8(stage_a.decode(latent_b[i : i + 1].to(dtype), tile_pixels=tile).float())
                     for i in range(batch)
                 ]
             )
