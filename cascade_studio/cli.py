@@ -482,7 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    gen.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="precision (fp16 is refused)")
+    gen.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="precision; auto: bf16 on CUDA GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32 "
+        "(fp16 is refused)",
+    )
     gen.add_argument(
         "--memory",
         choices=("auto", "resident", "sequential"),
