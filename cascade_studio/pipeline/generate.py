@@ -386,9 +386,9 @@ class Pipeline:
         def forward(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             return call(x, r, **inputs)
 
-        # Measured on an H200 (docs/benchmarks.md): graphs halve the time of batch-1 steps, which are launch-bound,
-        # and leave Stage C at batch 4 unchanged, but made Stage B at batch 4 about 8 % slower.
-        use_graphs = self.cuda_graphs and (stage == "c" or x_init.shape[0] == 1)
+        # Measured on an H200 (docs/benchmarks.md): graphs halve the time of batch-1 steps, which are launch-bound;
+        # at batch 4 the GPU is the bottleneck and graphed steps measured 0-5 % (Stage C) and 8 % (Stage B) slower.
+        use_graphs = self.cuda_graphs and x_init.shape[0] == 1
         graphed = maybe_graphed(forward, self.device, use_graphs)
 
         def predict(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
