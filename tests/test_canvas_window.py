@@ -307,3 +307,42 @@ def test_recall_of_an_outpaint_request_restores_its_margins(qtbot, window, tmp_p
     assert (s.mode, s.outpaint, s.mask_feather, s.method) == ("outpaint", (128, 0, 128, 0), 24, "latent_blend")
     assert [window.prompt_panel.side_spins[k].value() for k in ("left", "top", "right", "bottom")] == [128, 0, 128, 0]
     assert window.canvas.document.width == 256
+
+
+def test_mask_options_fold_away_and_say_what_they_are(qtbot, window):
+    panel, session = window.prompt_panel, window.session
+    session.mode = "inpaint"
+    assert panel.mask_options_button.isVisible() and not panel.mask_options_button.isChecked()
+    assert not panel.grow_spin.isVisible() and panel.mask_summary.isVisible()
+    session.mask_grow = 6
+    session.context = "mask"
+    session.context_padding = 32
+    assert panel.mask_summary.text().startswith("grow 6 px · band")
+    assert "masked area + 32 px" in panel.mask_summary.text()
+    panel.mask_options_button.click()
+    assert panel.grow_spin.isVisible() and panel.padding_spin.isVisible() and not panel.mask_summary.isVisible()
+    session.context = "image"
+    assert not panel.padding_spin.isVisible() and panel.method_combo.isVisible()
+    session.mode = "text"
+    assert not panel.mask_options_button.isVisible() and not panel.grow_spin.isVisible()
+    session.mode = "outpaint"  # opened stays opened
+    assert panel.grow_spin.isVisible() and panel.side_spins["left"].isVisible()
+    panel.mask_options_button.click()
+    assert not panel.grow_spin.isVisible() and "whole image" in panel.mask_summary.text()
+
+
+def test_candidate_bar_shows_the_longest_key_hint_that_fits(qtbot, window):
+    from cascade_studio.ui.main_window import CandidateBar
+
+    bar = CandidateBar(window.canvas)
+    qtbot.addWidget(bar)
+    bar.show()
+    shown = []
+    for width in (1400, 900, 700, 560):
+        bar.resize(width, 40)
+        qtbot.waitUntil(lambda width=width: bar.width() == width, timeout=2000)
+        text = bar.hint.text()
+        assert bar.hint.fontMetrics().horizontalAdvance(text) <= bar.hint.width()
+        shown.append(CandidateBar.HINTS.index(text))
+    assert shown[0] == 0 and shown == sorted(shown) and shown[-1] > 0  # shorter as the bar narrows
+    assert bar.hint.toolTip() == CandidateBar.HINTS[0]  # the whole hint is always a hover away

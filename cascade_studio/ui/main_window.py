@@ -73,15 +73,23 @@ class CanvasJob:
 class CandidateBar(QWidget):
     """Visible buttons for the canvas's candidates: previous, next, accept, discard, and which one is shown."""
 
+    #: The key hint, longest first; the bar shows the longest that fits its width.
+    HINTS = (
+        "Enter accepts · Delete discards · N next · Ctrl+Z undoes an accept",
+        "Enter accepts · Delete discards · N next",
+        "Enter · Delete · N",
+        "",
+    )
+
     def __init__(self, canvas: CanvasWidget, parent: QWidget | None = None):
         super().__init__(parent)
         self.canvas = canvas
         actions = canvas.actions_by_name
         self.label = QLabel()
-        self.hint = QLabel("Enter accepts · Delete discards · N next · Ctrl+Z undoes an accept")
+        self.hint = QLabel(self.HINTS[0])
         self.hint.setStyleSheet(f"color: {HINT_COLOUR};")
-        self.hint.setToolTip(self.hint.text())
-        # the hint never widens the centre (which would squeeze the docks); it is cut short instead
+        self.hint.setToolTip(self.HINTS[0])
+        # the hint never widens the centre (which would squeeze the docks): the longest wording that fits is shown
         self.hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         row = QHBoxLayout(self)
         row.setContentsMargins(8, 4, 8, 4)
@@ -99,6 +107,15 @@ class CandidateBar(QWidget):
         self.buttons["accept_candidate"].setObjectName("generate")  # the accent colour of the theme
         canvas.document.candidates_changed.connect(self.refresh)
         self.refresh()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._fit_hint()
+
+    def _fit_hint(self) -> None:
+        room = self.hint.width()
+        metrics = self.hint.fontMetrics()
+        self.hint.setText(next(text for text in self.HINTS if metrics.horizontalAdvance(text) <= room))
 
     def refresh(self) -> None:
         doc = self.canvas.document

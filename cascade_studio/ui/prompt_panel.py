@@ -310,14 +310,34 @@ class PromptPanel(QWidget):
         form.addRow(self.input_label, self.input_combo)
         self.control_strength_label = QLabel("Control")
         form.addRow(self.control_strength_label, self.control_strength_spin)
+        # The masked modes' finer settings fold away (closed at first), so that the panel's sampling settings
+        # stay in view; closed, a line says what they are.
+        self.mask_options_button = QToolButton(text="Mask options", checkable=True, autoRaise=True)
+        self.mask_options_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.mask_options_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.mask_options_button.setToolTip("Grow mask, band, context and method")
+        self.mask_options_button.toggled.connect(self._fold_mask_options)
+        self.mask_summary = QLabel(wordWrap=True)
+        self.mask_summary.setStyleSheet(f"color: {HINT_COLOUR};")
+        self.mask_options = QWidget()
+        options = QFormLayout(self.mask_options)
+        options.setContentsMargins(0, 0, 0, 0)
+        options.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.grow_label, self.feather_label = QLabel("Grow mask"), QLabel("Band")
-        form.addRow(self.grow_label, self.grow_spin)
-        form.addRow(self.feather_label, self.feather_spin)
+        options.addRow(self.grow_label, self.grow_spin)
+        options.addRow(self.feather_label, self.feather_spin)
         self.context_label, self.padding_label = QLabel("Context"), QLabel("Padding")
-        form.addRow(self.context_label, self.context_combo)
-        form.addRow(self.padding_label, self.padding_spin)
+        options.addRow(self.context_label, self.context_combo)
+        options.addRow(self.padding_label, self.padding_spin)
         self.method_label = QLabel("Method")
-        form.addRow(self.method_label, self.method_combo)
+        options.addRow(self.method_label, self.method_combo)
+        form.addRow(self.mask_options_button)
+        form.addRow(self.mask_summary)
+        form.addRow(self.mask_options)
+        for spin in (self.grow_spin, self.feather_spin, self.padding_spin):
+            spin.valueChanged.connect(self._summarise_mask_options)
+        for combo in (self.context_combo, self.method_combo):
+            combo.currentIndexChanged.connect(self._summarise_mask_options)
         sides = QGridLayout()
         for i, side in enumerate(SIDES):
             sides.addWidget(QLabel(side.capitalize()), i // 2, (i % 2) * 2)
@@ -523,12 +543,15 @@ class PromptPanel(QWidget):
         self.canvas_note.setText(notes.get(mode, ""))
         for widget in (self.input_label, self.input_combo):
             widget.setVisible(mode in ("canny", "upscale"))
-        for widget in (self.grow_label, self.grow_spin, self.feather_label, self.feather_spin, self.context_label,
-                       self.context_combo, self.method_label, self.method_combo, self.show_mask_check):  # fmt: skip
-            widget.setVisible(masked)
-        show_padding = masked and session is not None and session.context == "mask"
+        opened = self.mask_options_button.isChecked()
+        self.mask_options_button.setVisible(masked)
+        self.mask_options.setVisible(masked and opened)
+        self.mask_summary.setVisible(masked and not opened)
+        self.show_mask_check.setVisible(masked)
+        show_padding = session is not None and session.context == "mask"
         self.padding_label.setVisible(show_padding)
         self.padding_spin.setVisible(show_padding)
+        self._summarise_mask_options()
         self.outpaint_box.setVisible(mode == "outpaint")
         self.show_edges_check.setVisible(mode == "canny")
         for widget in (self.size_label, self.preset_combo, self.width_spin, self.height_spin, self.swap_button):
@@ -540,6 +563,21 @@ class PromptPanel(QWidget):
             self.show_mask_check.setChecked(False)
         if mode != "canny" and self.show_edges_check.isChecked():
             self.show_edges_check.setChecked(False)
+
+    def _fold_mask_options(self, opened: bool) -> None:
+        self.mask_options_button.setArrowType(Qt.ArrowType.DownArrow if opened else Qt.ArrowType.RightArrow)
+        if self._session is not None:
+            self._show_mode(self._session.mode)
+
+    def _summarise_mask_options(self) -> None:
+        context = self.context_combo.currentData()
+        parts = [
+            f"grow {self.grow_spin.value()} px",
+            f"band {self.feather_spin.value()} px",
+            f"masked area + {self.padding_spin.value()} px" if context == "mask" else "whole image",
+            f"method: {self.method_combo.currentText()}",
+        ]
+        self.mask_summary.setText(" · ".join(parts))
 
     def _show_source(self, path: str) -> None:
         if not path:
