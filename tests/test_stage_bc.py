@@ -123,3 +123,25 @@ def test_dropout_is_inactive_in_eval():
     net = tiny_c()
     args = c_inputs()
     torch.testing.assert_close(net(*args), net(*args), rtol=0, atol=0)
+
+
+def test_both_ways_of_projecting_attention_tokens_agree():
+    """The GPU joins image and condition tokens before projecting keys and values, the CPU projects the image
+    tokens' q, k and v together and joins k and v after: the same attention inputs either way, and the same as
+    the packed projection written out."""
+    from cascade_studio.networks.common import qkv_joined, qkv_packed
+
+    gen = torch.Generator().manual_seed(3)
+    c = 24
+    x, cond = torch.randn(2, 10, c, generator=gen), torch.randn(2, 4, c, generator=gen)
+    w, bias = torch.randn(3 * c, c, generator=gen), torch.randn(3 * c, generator=gen)
+    joined, packed = qkv_joined(x, cond, w, bias), qkv_packed(x, cond, w, bias)
+    kv_tokens = torch.cat([x, cond], dim=1)
+    expected = (
+        x @ w[:c].T + bias[:c],
+        kv_tokens @ w[c : 2 * c].T + bias[c : 2 * c],
+        kv_tokens @ w[2 * c :].T + bias[2 * c :],
+    )
+    for a, b, want in zip(joined, packed, expected):
+        assert a.shape == b.shape == want.shape
+        assert torch.allclose(a, want, atol=1e-5) and torch.allclose(b, want, atol=1e-5)
