@@ -135,7 +135,8 @@ def test_both_ways_of_projecting_attention_tokens_agree():
     c = 24
     x, cond = torch.randn(2, 10, c, generator=gen), torch.randn(2, 4, c, generator=gen)
     w, bias = torch.randn(3 * c, c, generator=gen), torch.randn(3 * c, generator=gen)
-    joined, packed = qkv_joined(x, cond, w, bias), qkv_packed(x, cond, w, bias)
+    cond_kv = torch.nn.functional.linear(cond, w[c:], bias[c:]).chunk(2, dim=-1)
+    joined, packed = qkv_joined(x, cond, w, bias), qkv_packed(x, cond_kv, w, bias)
     kv_tokens = torch.cat([x, cond], dim=1)
     expected = (
         x @ w[:c].T + bias[:c],
@@ -145,3 +146,51 @@ def test_both_ways_of_projecting_attention_tokens_agree():
     for a, b, want in zip(joined, packed, expected):
         assert a.shape == b.shape == want.shape
         assert torch.allclose(a, want, atol=1e-5) and torch.allclose(b, want, atol=1e-5)
+
+
+def _tiny_stage(stage: str):
+    """A tiny Stage C or Stage B, its inputs by name and a call taking them."""
+    g = torch.Generator().manual_seed(5)
+    if stage == "c":
+        x, r, text, pooled, img = c_inputs()
+        inputs = {"x": x, "r": r, "text": text, "pooled": pooled, "img": img}
+        return tiny_c(), inputs, lambda m, i: m(i["x"], i["r"], i["text"], i["pooled"], i["img"])
+    cfg = TINY["stage_b"]
+    inputs = {
+        "x": torch.randn(2, 4, 32, 32, generator=g),
+        "r": torch.rand(2, generator=g),
+        "effnet": torch.randn(2, cfg["c_effnet"], 6, 6, generator=g),
+        "clip": torch.randn(2, 1, cfg["c_clip"], generator=g),
+    }
+    return tiny_b(), inputs, lambda m, i: m(i["x"], i["r"], i["effnet"], i["clip"])
+
+
+@pytest.mark.parametrize("stage", ["c", "b"])
+def test_reusing_the_condition_gives_the_same_output_and_projects_it_once(stage):
+    """Within ``reusing_condition`` the condition's embedding and keys/values are computed once for the same
+    condition tensors (the sampler's steps), the outputs are exactly those of plain forward passes, and a new
+    condition is projected afresh."""
+    from cascade_studio.networks.common import AttnBlock
+
+    model, inputs, call = _tiny_stage(stage)
+    attn_blocks = [m for m in model.modules() if isinstance(m, AttnBlock)]
+    assert attn_blocks
+    calls = []
+    for block in attn_blocks:
+        block.kv_mapper.register_forward_hook(lambda *_: calls.append(1))
+    xs = [torch.randn_like(inputs["x"]) for _ in range(3)]
+    with torch.no_grad():
+        plain = [call(model, {**inputs, "x": x}) for x in xs]
+        assert len(calls) >= 3 * len(attn_blocks)  # Stage B's up path repeats its blocks
+        calls.clear()
+        with model.reusing_condition():
+            reused = [call(model, {**inputs, "x": x}) for x in xs]
+            assert len(calls) == len(attn_blocks)  # once per block for three steps
+            other = {k: (v + 1 if k not in ("x", "r") else v) for k, v in inputs.items()}
+            changed = call(model, {**other, "x": xs[0]})
+            assert len(calls) == 2 * len(attn_blocks)
+        assert model.condition_memo is None and all(b.condition_memo is None for b in attn_blocks)
+        expected = call(model, {**other, "x": xs[0]})
+    for a, b in zip(plain, reused):
+        assert torch.equal(a, b)
+    assert torch.equal(changed, expected)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, reuse
 from .unet import CascadeUNet
 
 
@@ -101,7 +101,7 @@ class StageB(CascadeUNet):
         if pixels is None:
             pixels = x.new_zeros(x.size(0), self.c_pixels, 8, 8)
         r_embed = self._r_embed(r, kwargs).to(x.dtype)
-        clip = self.gen_c_embeddings(clip)
+        clip = reuse(self.condition_memo, "clip", (clip,), lambda: self.gen_c_embeddings(clip))
 
         x = self.embedding(x)
         size = x.shape[-2:]

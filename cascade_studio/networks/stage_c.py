@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, reuse
 from .unet import CascadeUNet
 
 
@@ -121,7 +121,8 @@ class StageC(CascadeUNet):
         """Predict the noise ε. ``cnet`` is a ControlNet's feature list, one entry per ResBlock
         in execution order (``None`` entries add nothing); ``sca``/``crp`` default to zeros."""
         r_embed = self._r_embed(r, kwargs).to(x.dtype)
-        clip = self.gen_c_embeddings(clip_text, clip_text_pooled, clip_img)
+        conds = (clip_text, clip_text_pooled, clip_img)
+        clip = reuse(self.condition_memo, "clip", conds, lambda: self.gen_c_embeddings(*conds))
         x = self.embedding(x)
         control = iter(cnet) if cnet is not None else None
         level_outputs = self._down_encode(x, r_embed, clip, control)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,24 @@ class CascadeUNet(nn.Module):
 
     c_r: int
     t_conds: list[str]
+    #: While :meth:`reusing_condition` is active: what the condition tensors gave, reused while they are the same.
+    condition_memo: dict | None = None
+
+    @contextmanager
+    def reusing_condition(self) -> Iterator[None]:
+        """Within this, a forward pass given the very same condition tensors as the one before reuses their
+        embedding and every attention block's keys and values of the condition tokens instead of recomputing
+        them: the sampler passes one job's condition unchanged at every step. The same numbers either way; on
+        the CPU it saves the condition tokens' projections, which at 1024² are about 8 % of Stage C's matrix
+        products (25 % at 512², where there are fewer image tokens). Not used on CUDA (common.reuse)."""
+        holders = [self, *(m for m in self.modules() if isinstance(m, AttnBlock))]
+        for holder in holders:
+            holder.condition_memo = {}
+        try:
+            yield
+        finally:
+            for holder in holders:
+                holder.condition_memo = None
 
     def _build_levels(
         self,

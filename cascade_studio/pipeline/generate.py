@@ -397,26 +397,28 @@ class Pipeline:
         if sampler == "ddpm":
             noise.prefetch(steps)  # drawn up front: one copy to a GPU instead of one per step
         x0 = None
-        for step in sample(
-            predict,
-            x_init,
-            steps=steps,
-            cfg=settings.cfg if guided else None,
-            shift=settings.shift,
-            t_start=t_start,
-            sampler=sampler,
-            rescale="image",
-            noise=noise,
-            blend=blend,
-        ):
-            x0 = step.x0
-            done = step.index + 1
-            shown = None
-            if previewer is not None and (done % self.preview_every == 0 or done == step.total):
-                shown = to_uint8(previewer(x0[:1].float()))[0]
-            report(ProgressEvent(stage, done, step.total, shown))
-            if cancel():
-                raise Cancelled()
+        # Every step passes the same condition tensors (`inputs`): their projections are computed once.
+        with network.reusing_condition():
+            for step in sample(
+                predict,
+                x_init,
+                steps=steps,
+                cfg=settings.cfg if guided else None,
+                shift=settings.shift,
+                t_start=t_start,
+                sampler=sampler,
+                rescale="image",
+                noise=noise,
+                blend=blend,
+            ):
+                x0 = step.x0
+                done = step.index + 1
+                shown = None
+                if previewer is not None and (done % self.preview_every == 0 or done == step.total):
+                    shown = to_uint8(previewer(x0[:1].float()))[0]
+                report(ProgressEvent(stage, done, step.total, shown))
+                if cancel():
+                    raise Cancelled()
         return x0
 
 
