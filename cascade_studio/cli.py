@@ -318,7 +318,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 return 2
             for image in images:
                 stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{image.request.seed}"
-                texts = png_text_chunks(image.request, model_name, __version__)
+                texts = png_text_chunks(image.request, model_name, __version__, device=device.type, precision=precision)
                 written.append(save_png_atomic(_unique_path(out, stem), to_pil(image.pixels), texts))
             print(f"  {time.perf_counter() - started:.1f} s", file=sys.stderr)
     except KeyboardInterrupt:

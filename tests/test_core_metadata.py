@@ -165,6 +165,16 @@ def test_save_and_read_back_our_own_png(tmp_path):
     assert meta.model == "stage_c_lite_bf16"
     with Image.open(path) as im:
         assert im.size == (8, 8) and im.getpixel((0, 0)) == (200, 40, 10)
+    assert meta.extra["device"] is None and meta.extra["precision"] is None  # not given: not recorded
+
+
+def test_the_device_and_precision_that_made_an_image_are_recorded(tmp_path):
+    request = GenerationRequest("a red fox", seed=7)
+    texts = png_text_chunks(request, "demo", "0.1", device="cpu", precision="bfloat16")
+    assert json.loads(texts["cascade_studio"])["precision"] == "bfloat16"
+    meta = read_metadata(save_png_atomic(tmp_path / "a.png", small_image(), texts))
+    assert (meta.extra["device"], meta.extra["precision"]) == ("cpu", "bfloat16")
+    assert meta.request == request
 
 
 def test_each_image_of_a_batch_records_its_own_seed(tmp_path):

@@ -154,6 +154,7 @@ def test_a_job_streams_progress_and_previews_then_writes_an_indexed_png(qtbot, m
     assert path.is_file() and path.suffix == ".png" and path.parent == (tmp_path / "out").resolve()
     meta = read_metadata(path)
     assert meta.prompt == "a lighthouse at dusk" and meta.seed == 7 and meta.model == "demo"
+    assert (meta.extra["device"], meta.extra["precision"]) == ("cpu", cpu_precision())
     index = GalleryIndex(tmp_path / "out")
     try:
         entry = index.entry(path)

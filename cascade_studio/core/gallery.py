@@ -291,14 +291,23 @@ class GalleryIndex:
 
     # -- writing images ------------------------------------------------------------------------------------
 
-    def save_generated(self, pixels: np.ndarray, request: GenerationRequest, *, model_name: str, version: str) -> Path:
+    def save_generated(
+        self,
+        pixels: np.ndarray,
+        request: GenerationRequest,
+        *,
+        model_name: str,
+        version: str,
+        device: str | None = None,
+        precision: str | None = None,
+    ) -> Path:
         """Write `<folder>/<timestamp>_<seed>.png` atomically, never overwriting, and index it.
 
         The file and its row both exist when this returns. `request` describes this one image
-        (`request.for_image(i)`).
+        (`request.for_image(i)`); `device` and `precision` are recorded with it (`png_text_chunks`).
         """
         image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
-        texts = png_text_chunks(request, model_name, version)
+        texts = png_text_chunks(request, model_name, version, device=device, precision=precision)
         now = time.time()
         stamp = datetime.fromtimestamp(now).strftime("%Y%m%d-%H%M%S-%f")[:-3]
         staging = self.hidden / f"saving-{os.getpid()}-{time.monotonic_ns()}.png"

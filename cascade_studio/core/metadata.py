@@ -99,8 +99,18 @@ def _control_parameters(request: GenerationRequest) -> dict[str, str]:
     return params
 
 
-def png_text_chunks(request: GenerationRequest, model_name: str, version: str) -> dict[str, str]:
-    """The text chunks for one saved image. Pass `request.for_image(i)`: a PNG describes exactly one image."""
+def png_text_chunks(
+    request: GenerationRequest,
+    model_name: str,
+    version: str,
+    *,
+    device: str | None = None,
+    precision: str | None = None,
+) -> dict[str, str]:
+    """The text chunks for one saved image. Pass `request.for_image(i)`: a PNG describes exactly one image.
+
+    `device` ("cpu", "cuda" …) and `precision` ("bfloat16", "float32") say what computed it: the same request
+    in another precision gives a slightly different image."""
     if request.batch_size != 1:
         raise ValueError("png metadata describes one image: pass request.for_image(i), not the whole batch")
     ours = {
@@ -109,6 +119,7 @@ def png_text_chunks(request: GenerationRequest, model_name: str, version: str) -
         "generator": f"cascade-studio {version}",
         "model": model_name,
     }
+    ours.update({k: v for k, v in (("device", device), ("precision", precision)) if v is not None})
     return {
         "parameters": a1111_parameters(request, model_name, version),
         # ASCII JSON (non-ASCII as \\u escapes) reads back identically in any tool, even ones that mangle iTXt.
@@ -432,6 +443,8 @@ def _from_cascade_studio(texts: Mapping[str, str]) -> ForeignMetadata:
         sampler=SAMPLER_LABELS.get(request.sampler, request.sampler),
         extra={
             "generator": _str_or_none(data.get("generator")),
+            "device": _str_or_none(data.get("device")),
+            "precision": _str_or_none(data.get("precision")),
             "stage_b_steps": request.stage_b.steps,
             "stage_b_cfg": request.stage_b.cfg,
             "shift": request.stage_c.shift,

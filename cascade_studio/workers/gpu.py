@@ -310,8 +310,11 @@ class GpuWorker(QObject):
         if job.cancelled:
             return "cancelled"
         gallery = self._gallery_for(Path(config.output_dir))
+        made_by = {"device": pipeline.device.type, "precision": str(pipeline.models.dtype).removeprefix("torch.")}
         for image in images:
-            path = gallery.save_generated(image.pixels, image.request, model_name=model_name, version=__version__)
+            path = gallery.save_generated(
+                image.pixels, image.request, model_name=model_name, version=__version__, **made_by
+            )
             self.image_ready.emit(job.id, str(path))
         return "done"
 
