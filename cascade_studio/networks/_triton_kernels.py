@@ -3,6 +3,8 @@ Triton's import is slow, and it is absent from some PyTorch builds)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -34,8 +36,10 @@ def scale_shift(x3: torch.Tensor, scale3: torch.Tensor, shift3: torch.Tensor) ->
     batch, rows, cols = x3.shape
     out = torch.empty_like(x3)
     grid = (triton.cdiv(rows, _BLOCK_ROWS), triton.cdiv(cols, _BLOCK_COLS), batch)
-    scale_shift_kernel[grid](
-        x3, scale3, shift3, out, rows, cols, *scale3.stride(), *shift3.stride(),
-        BLOCK_R=_BLOCK_ROWS, BLOCK_C=_BLOCK_COLS,
-    )  # fmt: skip
+    # Triton launches on the current CUDA device: make it the tensors' (a pipeline on cuda:1, say).
+    with torch.cuda.device(x3.device) if x3.is_cuda else contextlib.nullcontext():
+        scale_shift_kernel[grid](
+            x3, scale3, shift3, out, rows, cols, *scale3.stride(), *shift3.stride(),
+            BLOCK_R=_BLOCK_ROWS, BLOCK_C=_BLOCK_COLS,
+        )  # fmt: skip
     return out
