@@ -94,10 +94,7 @@ class MultiheadAttention(nn.Module):
 
     def project_condition(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of the condition tokens."""
-        w, bias = self._weights()
-        c = w.shape[1]
-        k, v = F.linear(cond, w[c:], bias[c:]).chunk(2, dim=-1)
-        return k, v
+        return _keys_values(cond, *self._weights())
 
     def forward(
         self,
@@ -113,7 +110,7 @@ class MultiheadAttention(nn.Module):
         if self_attn and x.is_cuda and cond_kv is None:
             q, k, v = qkv_joined(x, cond, w, bias)
         else:
-            kv = cond_kv if cond_kv is not None else F.linear(cond, w[c:], bias[c:]).chunk(2, dim=-1)
+            kv = cond_kv if cond_kv is not None else _keys_values(cond, w, bias)
             if self_attn:
                 q, k, v = qkv_packed(x, kv, w, bias)
             else:
@@ -126,12 +123,19 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
 
+def _keys_values(tokens: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of ``tokens`` from the packed (3c, c) projection."""
+    c = w.shape[1]
+    k, v = F.linear(tokens, w[c:], bias[c:]).chunk(2, dim=-1)
+    return k, v
+
+
 def qkv_joined(x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor, bias: torch.Tensor):
     """Queries of ``x``; keys and values of ``x`` followed by ``cond`` from one product over the joined tokens.
     The GPU's way: one contiguous copy of the narrow input instead of copying k and v out of strided views (on an
     H200 those two copies cost 8 % of a Stage C forward)."""
     c = x.shape[-1]
-    k, v = F.linear(torch.cat([x, cond], dim=1), w[c:], bias[c:]).chunk(2, dim=-1)
+    k, v = _keys_values(torch.cat([x, cond], dim=1), w, bias)
     return F.linear(x, w[:c], bias[:c]), k, v
 
 
