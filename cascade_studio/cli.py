@@ -257,7 +257,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .core.inpaint import InputError, load_mask
     from .core.metadata import png_text_chunks, save_png_atomic
     from .pipeline.demo import DEMO_NOTICE, write_demo_models
-    from .pipeline.device import choose_device, choose_dtype, choose_memory
+    from .pipeline.device import choose_device, choose_dtype, choose_memory, precision_name
     from .pipeline.generate import Pipeline
     from .pipeline.images import load_image, to_pil
     from .pipeline.lora import LoraError
@@ -293,7 +293,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"cascade-studio generate: {exc}", file=sys.stderr)
         return 2
     model_name = "demo" if args.demo else files["stage_c"].name.removesuffix(".safetensors")
-    precision = str(dtype).removeprefix("torch.")
+    precision = precision_name(dtype)
     settings = f"{device}, {precision}, memory: {MEMORY_MODES[memory]}"
     if args.compile:
         settings += ", compiled (torch.compile: the first image waits for the compilation)"

@@ -53,7 +53,7 @@ def test_generate_writes_pngs_whose_metadata_regenerates_them(tmp_path, monkeypa
     from PIL import Image
 
     from cascade_studio.core.metadata import read_metadata
-    from cascade_studio.pipeline.device import choose_dtype
+    from cascade_studio.pipeline.device import choose_dtype, precision_name
     from cascade_studio.pipeline.generate import Pipeline
     from cascade_studio.pipeline.models import ModelSet
 
@@ -72,7 +72,7 @@ def test_generate_writes_pngs_whose_metadata_regenerates_them(tmp_path, monkeypa
     # precision `generate` chose (auto), gives exactly these pixels (alone it may differ by one level: see
     # test_pipeline).
     dtype = choose_dtype("auto", torch.device("cpu"))
-    assert (first.extra["device"], first.extra["precision"]) == ("cpu", str(dtype).removeprefix("torch."))
+    assert (first.extra["device"], first.extra["precision"]) == ("cpu", precision_name(dtype))
     again = Pipeline(ModelSet(demo_models, dtype=dtype)).run(first.request.with_(batch_size=2))[0]
     assert np.array_equal(np.asarray(Image.open(path)), again.pixels)
 

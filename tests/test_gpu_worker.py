@@ -26,9 +26,9 @@ def cpu_precision() -> str:
     """The precision the worker's "auto" picks on this machine's CPU (bfloat16 where the CPU has native bf16)."""
     import torch
 
-    from cascade_studio.pipeline.device import choose_dtype
+    from cascade_studio.pipeline.device import choose_dtype, precision_name
 
-    return str(choose_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    return precision_name(choose_dtype("auto", torch.device("cpu")))
 
 
 def tiny_request(prompt: str = "a lighthouse at dusk", *, steps_c: int = 3, steps_b: int = 2, **changes):

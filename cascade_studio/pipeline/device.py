@@ -40,6 +40,11 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """ "bfloat16", "float32": how status lines and PNG metadata name a precision."""
+    return str(dtype).removeprefix("torch.")
+
+
 def choose_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` is bfloat16 on GPUs that support it and on CPUs with native bf16 matrix products (the
     reference samples in bf16; on such a CPU it halves the time), float32 elsewhere. float16 is not offered:

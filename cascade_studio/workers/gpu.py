@@ -256,6 +256,7 @@ class GpuWorker(QObject):
         pipeline = self._pipeline_for(config, request.variant)
 
         from ..core.inpaint import InputError, load_mask
+        from ..pipeline.device import precision_name
         from ..pipeline.generate import Cancelled
         from ..pipeline.images import load_image
         from ..pipeline.models import MissingWeights
@@ -310,7 +311,7 @@ class GpuWorker(QObject):
         if job.cancelled:
             return "cancelled"
         gallery = self._gallery_for(Path(config.output_dir))
-        made_by = {"device": pipeline.device.type, "precision": str(pipeline.models.dtype).removeprefix("torch.")}
+        made_by = {"device": pipeline.device.type, "precision": precision_name(pipeline.models.dtype)}
         for image in images:
             path = gallery.save_generated(
                 image.pixels, image.request, model_name=model_name, version=__version__, **made_by
@@ -327,7 +328,7 @@ class GpuWorker(QObject):
         self._drop_pipeline()
         if "torch" not in sys.modules:
             self._set_status("loading PyTorch…")
-        from ..pipeline.device import choose_device, choose_dtype, choose_memory
+        from ..pipeline.device import choose_device, choose_dtype, choose_memory, precision_name
         from ..pipeline.generate import Pipeline
         from ..pipeline.models import MEMORY_MODES
 
@@ -349,7 +350,7 @@ class GpuWorker(QObject):
             )
         except ValueError as exc:
             raise _Failure(str(exc), "invalid") from None
-        precision = str(dtype).removeprefix("torch.")
+        precision = precision_name(dtype)
         self._device_status = " · ".join(
             [str(device), precision, MEMORY_MODES[memory].split(" (")[0]] + (["demo weights"] if config.demo else [])
         )

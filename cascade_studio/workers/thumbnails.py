@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -194,8 +195,6 @@ def prune_cache(cache_dir: Path, max_bytes: int, *, now: float | None = None) ->
     """Keep the thumbnail cache under `max_bytes`: when it is larger, delete the entries used longest ago (oldest
     mtime) until it holds at most `PRUNE_TO` of the limit; also delete half-written entries left by a crash.
     Returns (entries deleted, bytes deleted). Files vanishing meanwhile (another process pruning) are fine."""
-    import time
-
     now = time.time() if now is None else now
     entries: list[tuple[float, int, Path]] = []
     removed = freed = 0
