@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .linear import Linear, linear, mlp
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -50,11 +51,11 @@ class ResBlock(nn.Module):
         self.depthwise = nn.Conv2d(c, c, kernel_size=kernel_size, padding=kernel_size // 2, groups=c)
         self.norm = LayerNorm2d(c, elementwise_affine=False, eps=1e-6)
         self.channelwise = nn.Sequential(
-            nn.Linear(c + c_skip, c * 4),
+            Linear(c + c_skip, c * 4),
             nn.GELU(),
             GlobalResponseNorm(c * 4),
             nn.Dropout(dropout),
-            nn.Linear(c * 4, c),
+            Linear(c * 4, c),
         )
 
     def forward(self, x: torch.Tensor, x_skip: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,7 +63,7 @@ class ResBlock(nn.Module):
         h = F.layer_norm(h, h.shape[-1:], eps=self.norm.eps)
         if x_skip is not None:
             h = torch.cat([h, x_skip.permute(0, 2, 3, 1)], dim=-1)
-        return self.channelwise(h).permute(0, 3, 1, 2) + x
+        return mlp(self.channelwise, h).permute(0, 3, 1, 2) + x
 
 
 class MultiheadAttention(nn.Module):
@@ -80,7 +81,7 @@ class MultiheadAttention(nn.Module):
         self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * c, c))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * c))
-        self.out_proj = nn.Linear(c, c)
+        self.out_proj = Linear(c, c)
         nn.init.xavier_uniform_(self.in_proj_weight)
         # Set by networks/lora.py while a LoRA is applied: returns a (3c, c) delta added to the packed weight
         # on the fly, so the stored weight is never changed. None (the default) leaves the plain path.
@@ -114,7 +115,7 @@ class MultiheadAttention(nn.Module):
             if self_attn:
                 q, k, v = qkv_packed(x, kv, w, bias)
             else:
-                q, (k, v) = F.linear(x, w[:c], bias[:c]), kv
+                q, (k, v) = linear(x, w[:c], bias[:c]), kv
         h = self.nhead
         q = q.view(b, n, h, c // h).transpose(1, 2)
         k = k.view(b, k.shape[1], h, c // h).transpose(1, 2)
@@ -126,7 +127,7 @@ class MultiheadAttention(nn.Module):
 def _keys_values(tokens: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of ``tokens`` from the packed (3c, c) projection."""
     c = w.shape[1]
-    k, v = F.linear(tokens, w[c:], bias[c:]).chunk(2, dim=-1)
+    k, v = linear(tokens, w[c:], bias[c:]).chunk(2, dim=-1)
     return k, v
 
 
@@ -136,7 +137,7 @@ def qkv_joined(x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor, bias: torch
     H200 those two copies cost 8 % of a Stage C forward)."""
     c = x.shape[-1]
     k, v = _keys_values(torch.cat([x, cond], dim=1), w, bias)
-    return F.linear(x, w[:c], bias[:c]), k, v
+    return linear(x, w[:c], bias[:c]), k, v
 
 
 def qkv_packed(x: torch.Tensor, cond_kv: tuple[torch.Tensor, torch.Tensor], w: torch.Tensor, bias: torch.Tensor):
@@ -144,7 +145,7 @@ def qkv_packed(x: torch.Tensor, cond_kv: tuple[torch.Tensor, torch.Tensor], w: t
     values (``cond_kv``, projected apart) joined on. The CPU's way: its matrix products run closer to peak the
     wider they are (two Zen 4 cores: a Stage C forward about 15 % faster than :func:`qkv_joined`), and the
     condition's projection can be reused across steps (:func:`reuse`)."""
-    q, k, v = F.linear(x, w, bias).chunk(3, dim=-1)
+    q, k, v = linear(x, w, bias).chunk(3, dim=-1)
     kc, vc = cond_kv
     return q, torch.cat([k, kc], dim=1), torch.cat([v, vc], dim=1)
 
@@ -187,7 +188,7 @@ class AttnBlock(nn.Module):
         self.self_attn = self_attn
         self.norm = LayerNorm2d(c, elementwise_affine=False, eps=1e-6)
         self.attention = Attention2D(c, nhead, dropout)
-        self.kv_mapper = nn.Sequential(nn.SiLU(), nn.Linear(c_cond, c))
+        self.kv_mapper = nn.Sequential(nn.SiLU(), Linear(c_cond, c))
         # Set by CascadeUNet.reusing_condition: the condition's keys and values are then computed once per job.
         self.condition_memo: dict | None = None
 
@@ -205,24 +206,24 @@ class FeedForwardBlock(nn.Module):
         super().__init__()
         self.norm = LayerNorm2d(c, elementwise_affine=False, eps=1e-6)
         self.channelwise = nn.Sequential(
-            nn.Linear(c, c * 4),
+            Linear(c, c * 4),
             nn.GELU(),
             GlobalResponseNorm(c * 4),
             nn.Dropout(dropout),
-            nn.Linear(c * 4, c),
+            Linear(c * 4, c),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.channelwise(self.norm(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return x + mlp(self.channelwise, self.norm(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class TimestepBlock(nn.Module):
     def __init__(self, c: int, c_timestep: int, conds: list[str] | tuple[str, ...] = ("sca",)):
         super().__init__()
-        self.mapper = nn.Linear(c_timestep, c * 2)
+        self.mapper = Linear(c_timestep, c * 2)
         self.conds = list(conds)
         for name in self.conds:
-            setattr(self, f"mapper_{name}", nn.Linear(c_timestep, c * 2))
+            setattr(self, f"mapper_{name}", Linear(c_timestep, c * 2))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         chunks = t.chunk(len(self.conds) + 1, dim=1)

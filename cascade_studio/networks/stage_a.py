@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import linear, linear_add
+
 
 class StageAResBlock(nn.Module):
     """Stage A's residual block: channel LayerNorm *before* a replication-padded depthwise conv.
@@ -80,9 +82,8 @@ class StageAResBlock(nn.Module):
             h = F.pad(h, (1, 1, int(r0 == 0), int(r1 == height)), mode="replicate")
             d = F.conv2d(h, conv_w, conv_b, groups=channels)[0].permute(1, 2, 0)
             y = torch.add(x[r0:r1], d, out=out[r0:r1])
-            hidden = F.gelu(F.linear(F.layer_norm(y, (channels,), w3, b3, self.eps), w_in, b_in))
-            flat = y.view(-1, channels).add_(b_out)
-            flat.addmm_(hidden.view(-1, hidden.shape[-1]), w_out.t())
+            hidden = linear(F.layer_norm(y, (channels,), w3, b3, self.eps), w_in, b_in, gelu=True)
+            y.copy_(linear_add(hidden, w_out, b_out, y))
 
 
 class VectorQuantizer(nn.Module):
@@ -221,7 +222,7 @@ class StageA(nn.Module):
             return tuple(t.to(dtype) for t in tensors)
 
         first = self.up_blocks[0][0]
-        x = F.linear(z.permute(1, 2, 0) * self.scale_factor, *cast(first.weight[:, :, 0, 0], first.bias))
+        x = linear(z.permute(1, 2, 0) * self.scale_factor, *cast(first.weight[:, :, 0, 0], first.bias))
         spare: torch.Tensor | None = None
         for layer in list(self.up_blocks)[1:]:
             rows = max(1, tile_pixels // x.shape[1])
@@ -235,7 +236,7 @@ class StageA(nn.Module):
             else:
                 raise TypeError(f"no strip-wise decode for {type(layer).__name__}")
         last = self.out_block[0]
-        pixels = F.linear(x, *cast(last.weight[:, :, 0, 0], last.bias))  # (H, W, 12); PixelShuffle(2) below
+        pixels = linear(x, *cast(last.weight[:, :, 0, 0], last.bias))  # (H, W, 12); PixelShuffle(2) below
         height, width = pixels.shape[:2]
         return pixels.view(height, width, 3, 2, 2).permute(2, 0, 3, 1, 4).reshape(3, 2 * height, 2 * width)
 

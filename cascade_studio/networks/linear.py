@@ -1,0 +1,92 @@
+"""Linear layers through oneDNN on the CPU.
+
+PyTorch runs a float32 ``F.linear`` on the CPU through MKL's GEMM. oneDNN, which PyTorch also ships (and uses for
+bf16), does the same float32 products faster on the CPUs measured: on two AMD EPYC (Zen 4) cores 205–226 GFLOP/s
+against MKL's 105–203 at the shapes of Stage B and Stage C (``benchmarks/linear.py``), and it can apply the GELU
+that follows a ResBlock's first layer while the product's output is still in cache (one pass fewer over the
+block's widest activation). The weights stay ordinary tensors in their usual layout: no packed copies, so loading,
+LoRA hooks and ``state_dict`` are unaffected.
+
+The route is taken for CPU tensors of one dtype (float32 or bfloat16) outside autograd and outside
+``torch.compile`` (which lowers linears itself), when PyTorch was built with oneDNN; everything else, GPUs
+included, runs ``F.linear``. It computes the same float32 products in a different summation order, so results
+differ from MKL's by float rounding only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@functools.cache
+def _onednn_linear():
+    """``torch.ops.mkldnn._linear_pointwise`` (the op Inductor lowers CPU linears to), or None where this PyTorch
+    lacks oneDNN or the op."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether :func:`linear` takes the oneDNN route for these tensors."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and weight.dtype == x.dtype
+        and weight.device.type == "cpu"
+        and weight.dim() == 2
+        and weight.is_contiguous()
+        and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous()))
+        and x.numel() > 0
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.compiler.is_compiling()
+        and _onednn_linear() is not None
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False):
+    """``F.linear(x, weight, bias)``, followed by the exact (erf) GELU when ``gelu`` is set; on the CPU through
+    oneDNN with the GELU applied inside the product (:func:`onednn_applies`)."""
+    if onednn_applies(x, weight, bias):
+        return _onednn_linear()(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if gelu else y
+
+
+def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor):
+    """``other + F.linear(x, weight, bias)``, the addition done inside the product on oneDNN's route (a residual
+    connection without another pass over the output)."""
+    if onednn_applies(x, weight, bias) and other.dtype == x.dtype and other.is_contiguous():
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, "add")
+    return other + F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict keys, forward hooks as usual) computed by :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def mlp(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run a ``Linear, GELU, …`` sequence with the first two fused into one :func:`linear` call when the first
+    layer is a plain :class:`Linear` (no hooks, e.g. a LoRA's, that must see its output before the GELU)."""
+    first, act = layers[0], layers[1]
+    if (
+        type(first) is Linear
+        and type(act) is nn.GELU
+        and act.approximate == "none"
+        and not (first._forward_hooks or first._forward_pre_hooks)
+    ):
+        x = linear(x, first.weight, first.bias, gelu=True)
+        for layer in list(layers)[2:]:
+            x = layer(x)
+        return x
+    return layers(x)
