@@ -178,6 +178,9 @@ def test_reusing_the_condition_gives_the_same_output_and_projects_it_once(stage)
     calls = []
     for block in attn_blocks:
         block.kv_mapper.register_forward_hook(lambda *_: calls.append(1))
+    mapped = []  # Stage B: the effnet mapper's runs (the mapped Stage C latent is reused too)
+    if stage == "b":
+        model.effnet_mapper.register_forward_hook(lambda *_: mapped.append(1))
     xs = [torch.randn_like(inputs["x"]) for _ in range(3)]
     with torch.no_grad():
         plain = [call(model, {**inputs, "x": x}) for x in xs]
@@ -186,9 +189,11 @@ def test_reusing_the_condition_gives_the_same_output_and_projects_it_once(stage)
         with model.reusing_condition():
             reused = [call(model, {**inputs, "x": x}) for x in xs]
             assert len(calls) == len(attn_blocks)  # once per block for three steps
+            assert len(mapped) == (4 if stage == "b" else 0)  # three plain passes, then once
             other = {k: (v + 1 if k not in ("x", "r") else v) for k, v in inputs.items()}
             changed = call(model, {**other, "x": xs[0]})
             assert len(calls) == 2 * len(attn_blocks)
+            assert len(mapped) == (5 if stage == "b" else 0)
         assert model.condition_memo is None and all(b.condition_memo is None for b in attn_blocks)
         expected = call(model, {**other, "x": xs[0]})
     for a, b in zip(plain, reused):

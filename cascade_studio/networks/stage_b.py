@@ -88,6 +88,16 @@ class StageB(CascadeUNet):
         tokens = self.clip_mapper(clip).view(clip.size(0), clip.size(1) * self.c_clip_seq, -1)
         return self.clip_norm(tokens)
 
+    def _map_inputs(self, x: torch.Tensor, effnet: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+        """The effnet and pixel mappers' sum at the size of the embedded ``x``."""
+        if pixels is None:
+            pixels = x.new_zeros(x.size(0), self.c_pixels, 8, 8)
+        size = x.shape[-2:]
+        effnet = F.interpolate(effnet.to(x.dtype), size=size, mode="bilinear", align_corners=True)
+        return self.effnet_mapper(effnet) + F.interpolate(
+            self.pixels_mapper(pixels), size=size, mode="bilinear", align_corners=True
+        )
+
     def forward(
         self,
         x: torch.Tensor,
@@ -98,16 +108,14 @@ class StageB(CascadeUNet):
         **kwargs: torch.Tensor,
     ) -> torch.Tensor:
         """Predict the noise ε for Stage A latents ``x`` given the Stage C latent ``effnet``."""
-        if pixels is None:
-            pixels = x.new_zeros(x.size(0), self.c_pixels, 8, 8)
         r_embed = self._r_embed(r, kwargs).to(x.dtype)
         clip = reuse(self.condition_memo, "clip", (clip,), lambda: self.gen_c_embeddings(clip))
 
         x = self.embedding(x)
-        size = x.shape[-2:]
-        effnet = F.interpolate(effnet.to(x.dtype), size=size, mode="bilinear", align_corners=True)
-        x = x + self.effnet_mapper(effnet)
-        x = x + F.interpolate(self.pixels_mapper(pixels), size=size, mode="bilinear", align_corners=True)
+        # The mapped Stage C latent and pixels, the same at every step of a job (at 1024² the effnet mapper's 1×1
+        # convolutions over 128×128 cost about 3 % of a forward on the CPU).
+        inputs = (effnet,) if pixels is None else (effnet, pixels)
+        x = x + reuse(self.condition_memo, "maps", inputs, lambda: self._map_inputs(x, effnet, pixels))
         level_outputs = self._down_encode(x, r_embed, clip)
         x = self._up_decode(level_outputs, r_embed, clip)
         return self.clf(x)

@@ -7,6 +7,7 @@ cancel callable between steps; a cancelled run raises :class:`Cancelled` and ret
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from ..core.inpaint import InputError, prepare_mask_job, repaint_area
 from ..core.request import MASK_MODES, STRENGTH_MODES, GenerationRequest, split_lora_tags
 from ..networks.effnet import imagenet_normalize
 from ..networks.lora import apply_loras
+from . import heap
 from .control import (
     CONTROLNET_ROLES,
     MODE_CONTROLNET,
@@ -150,7 +152,6 @@ class Pipeline:
             )
         return Plan("controlnet", f"{what} through the {label}", role)
 
-    @torch.inference_mode()
     def run(
         self,
         request: GenerationRequest,
@@ -165,6 +166,28 @@ class Pipeline:
         required for the variation, image-to-image, inpaint, outpaint and upscale modes; ``mask_image``
         ((H, W) uint8, 255 = repaint, the source's size) for inpaint (optional for outpaint);
         ``control_image`` ((3, H, W) float in [0, 1]) for canny. See :meth:`plan` for the method used."""
+        # On the CPU, big activations are reused from the heap instead of page-faulted in afresh (pipeline/heap.py).
+        with heap.kept_heap() if self.device.type == "cpu" else contextlib.nullcontext():
+            return self._run(
+                request,
+                on_progress=on_progress,
+                should_cancel=should_cancel,
+                source_image=source_image,
+                mask_image=mask_image,
+                control_image=control_image,
+            )
+
+    @torch.inference_mode()
+    def _run(
+        self,
+        request: GenerationRequest,
+        *,
+        on_progress: Callable[[ProgressEvent], None] | None,
+        should_cancel: Callable[[], bool] | None,
+        source_image: torch.Tensor | None,
+        mask_image: np.ndarray | None,
+        control_image: torch.Tensor | None,
+    ) -> list[GeneratedImage]:
         request.validate()
         plan = self.plan(request)
         job = None
