@@ -292,3 +292,36 @@ def test_export_copies_and_never_overwrites(index, tmp_path):
     assert second[0].name == f"{a.stem}-1.png"
     assert all(p.read_bytes() == a.read_bytes() for p in (first[0], second[0]))
     assert read_metadata(second[0]).request == request(seed=1)
+
+
+def test_device_and_precision_are_indexed_from_saving_and_from_the_file(index):
+    path = index.save_generated(pixels(), request(), model_name="m", version="v", device="cpu", precision="bfloat16")
+    plain = index.save_generated(pixels(1), request(seed=8), model_name="m", version="v")
+    assert index.entry(path).made_with == "cpu · bfloat16"
+    assert index.entry(plain).made_with is None
+    index.close()
+    (index.hidden / gallery_module.INDEX_NAME).unlink()  # rebuilt from the files alone
+    with GalleryIndex(index.folder) as rebuilt:
+        rebuilt.scan()
+        assert rebuilt.entry(path).made_with == "cpu · bfloat16"
+        assert rebuilt.entry(plain).made_with is None
+
+
+def test_a_version_1_index_gains_made_with_keeps_culling_and_rereads_the_files(tmp_path):
+    folder = tmp_path / "out"
+    with GalleryIndex(folder) as idx:
+        path = idx.save_generated(pixels(), request(), model_name="m", version="v", device="cuda", precision="float32")
+        idx.set_rating(path, 3)
+    # Turn the database back into what version 1 wrote: no made_with column.
+    db = sqlite3.connect(folder / ".cascade-studio" / gallery_module.INDEX_NAME)
+    db.execute("ALTER TABLE entries DROP COLUMN made_with")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with GalleryIndex(folder) as idx:
+        assert not idx.rebuilt  # migrated, not set aside as damaged
+        assert idx.entry(path).rating == 3 and idx.entry(path).made_with is None
+        assert idx.scan().changed == 1
+        assert idx.entry(path).made_with == "cuda · float32" and idx.entry(path).rating == 3
+    with GalleryIndex(folder) as idx:
+        assert idx.scan().unchanged == 1

@@ -265,10 +265,18 @@ def test_recall_emits_the_request_saved_in_the_png(qtbot, panel, tmp_path):
     folder = tmp_path / "out"
     wanted = GenerationRequest("a red kite over dunes", seed=424242, negative_prompt="text", width=768, height=1280)
     with GalleryIndex(folder) as index:
-        path = index.save_generated(np.zeros((20, 12, 3), np.uint8), wanted, model_name="full", version="0.1.0")
+        path = index.save_generated(
+            np.zeros((20, 12, 3), np.uint8),
+            wanted,
+            model_name="full",
+            version="0.1.0",
+            device="cpu",
+            precision="float32",
+        )
     open_folder(qtbot, panel, folder, 1)
     panel.select_paths([path])
     assert "a red kite over dunes" in panel.metadata.toPlainText()
+    assert "Made with\ncpu · float32" in panel.metadata.toPlainText()
     with qtbot.waitSignal(panel.recall_requested, timeout=2_000) as recalled:
         panel.recall_action.trigger()
     assert recalled.args[0] == wanted

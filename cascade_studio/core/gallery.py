@@ -51,7 +51,7 @@ INDEX_NAME = "index.sqlite"
 JOURNAL_NAME = "culling.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 FLAGS = ("pick", "reject")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Per-file bound on the metadata read while indexing: big enough for any real ComfyUI workflow, small
 # enough that a hostile folder cannot make a scan read gigabytes.
 MAX_METADATA_BYTES = 2 * 1024 * 1024
@@ -72,14 +72,15 @@ CREATE TABLE IF NOT EXISTS entries (
     seed TEXT,
     model TEXT,
     source TEXT NOT NULL,
-    request_json TEXT
+    request_json TEXT,
+    made_with TEXT
 );
 CREATE TABLE IF NOT EXISTS culling (name TEXT PRIMARY KEY, rating INTEGER NOT NULL, flag TEXT);
 """
 
 _COLUMNS = (
     "e.name, e.mtime_ns, e.size, e.created, e.width, e.height, e.prompt, e.negative_prompt, e.seed, "
-    "e.model, e.source, e.request_json, COALESCE(c.rating, 0), c.flag"
+    "e.model, e.source, e.request_json, e.made_with, COALESCE(c.rating, 0), c.flag"
 )
 
 
@@ -100,6 +101,7 @@ class Entry:
     # The file's identity when indexed; thumbnails are cached under (path, mtime_ns, size).
     mtime_ns: int = 0
     size: int = 0
+    made_with: str | None = None  # "cuda · bfloat16": the device and precision our PNG metadata records
 
     @property
     def name(self) -> str:
@@ -161,6 +163,8 @@ class GalleryIndex:
                 # A fresh database has seen none of the journal.
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_offset', '0')")
                 self.rebuilt = True
+            elif version[0] == "1":
+                _migrate_from_1(db)
             elif version[0] != str(SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"index schema {version[0]} is not {SCHEMA_VERSION}")
         except BaseException:
@@ -333,6 +337,7 @@ class GalleryIndex:
             flag=None,
             mtime_ns=stat.st_mtime_ns,
             size=stat.st_size,
+            made_with=made_with(device, precision),
         )
         with self._transaction():
             self._insert([entry])
@@ -460,7 +465,7 @@ class GalleryIndex:
 
     def _insert(self, entries: Iterable[Entry]) -> None:
         self._db.executemany(
-            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     e.path.name,
@@ -475,6 +480,7 @@ class GalleryIndex:
                     e.model,
                     e.source,
                     e.request_json,
+                    e.made_with,
                 )
                 for e in entries
             ],
@@ -503,10 +509,11 @@ class GalleryIndex:
             model=model,
             source=source,
             request_json=request_json,
-            rating=int(row[12]),
-            flag=row[13] if row[13] in FLAGS else None,
+            rating=int(row[13]),
+            flag=row[14] if row[14] in FLAGS else None,
             mtime_ns=mtime_ns,
             size=size,
+            made_with=row[12],
         )
 
     def _name(self, path: str | os.PathLike[str]) -> str | None:
@@ -669,7 +676,7 @@ def _read_entry(path: Path, stat: os.stat_result) -> Entry:
     """Everything the index keeps about one file. Never raises for a bad file: it is indexed with what
     could be read (a broken file still shows up, and can be deleted from the gallery)."""
     width = height = 0
-    source, prompt, negative, seed, model, request_json = "none", "", "", None, None, None
+    source, prompt, negative, seed, model, request_json, made = "none", "", "", None, None, None, None
     try:
         width, height = _image_size(path)
         if path.suffix.lower() == ".png":
@@ -679,6 +686,7 @@ def _read_entry(path: Path, stat: os.stat_result) -> Entry:
                 prompt, negative, seed, model = meta.prompt, meta.negative_prompt, meta.seed, meta.model
                 if meta.request is not None:
                     request_json = meta.request.to_json()
+                made = made_with(meta.extra.get("device"), meta.extra.get("precision"))
     except Exception:  # an unreadable or hostile file costs only its own metadata
         pass
     return Entry(
@@ -696,7 +704,28 @@ def _read_entry(path: Path, stat: os.stat_result) -> Entry:
         flag=None,
         mtime_ns=stat.st_mtime_ns,
         size=stat.st_size,
+        made_with=made,
     )
+
+
+def made_with(device: object, precision: object) -> str | None:
+    """ "cuda · bfloat16" from the metadata's device and precision (either may be missing)."""
+    parts = [str(p) for p in (device, precision) if isinstance(p, str) and p]
+    return " · ".join(parts) or None
+
+
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Version 1 lacked ``made_with``: add it and forget the files' identities, so the next scan reads every file's
+    metadata again (ratings and flags live in their own table and stay)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE entries ADD COLUMN made_with TEXT")
+        db.execute("UPDATE entries SET mtime_ns = -1")
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _image_size(path: Path) -> tuple[int, int]:

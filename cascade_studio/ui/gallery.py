@@ -538,6 +538,7 @@ class GalleryPanel(QWidget):
             row("Seed", text(entry.seed) if entry.seed is not None else "—"),
             row("Size", f"{entry.width} × {entry.height}"),
             row("Model", text(entry.model or "—")),
+            *([row("Made with", text(entry.made_with))] if entry.made_with else []),
             row("Source", text(entry.source)),
             row("Rating", f"{stars} {flag}"),
             row("Created", datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M:%S")),
