@@ -9,7 +9,7 @@ from torch import nn
 
 from cascade_studio.networks import linear as linear_mod
 from cascade_studio.networks.common import FeedForwardBlock, ResBlock
-from cascade_studio.networks.linear import Linear, linear, linear_add, mlp, onednn_applies
+from cascade_studio.networks.linear import Linear, linear, linear_add_, mlp, onednn_applies
 
 # PyTorch's Linux and Windows x86 builds ship oneDNN (CI runs these); the fallback tests below run everywhere.
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
@@ -59,13 +59,12 @@ def test_onednn_route_in_bfloat16_and_on_weight_row_slices():
 
 
 @needs_onednn
-def test_linear_add_adds_the_product_to_other_without_changing_it():
-    x, w, b, other = tensors(6, 9, 32), tensors(16, 32, seed=1), tensors(16, seed=2), tensors(6, 9, 16, seed=3)
-    before = other.clone()
+def test_linear_add_adds_the_product_into_out():
+    x, w, b, out = tensors(6, 9, 32), tensors(16, 32, seed=1), tensors(16, seed=2), tensors(6, 9, 16, seed=3)
+    want = out + F.linear(x, w, b)
     with torch.inference_mode():
-        got = linear_add(x, w, b, other)
-    torch.testing.assert_close(got, before + F.linear(x, w, b), rtol=1e-5, atol=1e-5)
-    assert torch.equal(other, before)
+        assert linear_add_(x, w, b, out) is out
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
 def test_route_is_left_for_autograd_and_other_dtypes():
@@ -85,7 +84,9 @@ def test_without_onednn_the_plain_ops_run(no_onednn):
     with torch.inference_mode():
         assert not onednn_applies(x, w, b)
         assert torch.equal(linear(x, w, b, gelu=True), F.gelu(F.linear(x, w, b)))
-        assert torch.equal(linear_add(x, w, b, x[:, :7]), x[:, :7] + F.linear(x, w, b))
+        out = tensors(5, 7, seed=3)
+        want = out + F.linear(x, w, b)
+        torch.testing.assert_close(linear_add_(x, w, b, out), want)
 
 
 @pytest.mark.parametrize("block", ["res", "feedforward"])

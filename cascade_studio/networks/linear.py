@@ -60,12 +60,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.gelu(y) if gelu else y
 
 
-def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, other: torch.Tensor):
-    """``other + F.linear(x, weight, bias)``, the addition done inside the product on oneDNN's route (a residual
-    connection without another pass over the output)."""
-    if onednn_applies(x, weight, bias) and other.dtype == x.dtype and other.is_contiguous():
-        return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, "add")
-    return other + F.linear(x, weight, bias)
+def linear_add_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """``out += F.linear(x, weight, bias)`` for a contiguous ``out`` (a residual connection); returns ``out``. On
+    oneDNN's route the addition happens inside the product (then one copy of the result into ``out``), elsewhere
+    as an in-place ``addmm_``."""
+    if onednn_applies(x, weight, bias) and out.dtype == x.dtype and out.is_contiguous():
+        return out.copy_(torch.ops.mkldnn._linear_pointwise.binary(x, out, weight, bias, "add"))
+    flat = out.view(-1, out.shape[-1])
+    if bias is not None:
+        flat.add_(bias)
+    flat.addmm_(x.reshape(-1, x.shape[-1]), weight.t())
+    return out
 
 
 class Linear(nn.Linear):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import linear, linear_add
+from .linear import linear, linear_add_
 
 
 class StageAResBlock(nn.Module):
@@ -83,7 +83,7 @@ class StageAResBlock(nn.Module):
             d = F.conv2d(h, conv_w, conv_b, groups=channels)[0].permute(1, 2, 0)
             y = torch.add(x[r0:r1], d, out=out[r0:r1])
             hidden = linear(F.layer_norm(y, (channels,), w3, b3, self.eps), w_in, b_in, gelu=True)
-            y.copy_(linear_add(hidden, w_out, b_out, y))
+            linear_add_(hidden, w_out, b_out, y)
 
 
 class VectorQuantizer(nn.Module):
