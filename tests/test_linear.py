@@ -11,8 +11,9 @@ from cascade_studio.networks import linear as linear_mod
 from cascade_studio.networks.common import FeedForwardBlock, ResBlock
 from cascade_studio.networks.linear import Linear, linear, linear_add_, mlp, onednn_applies
 
-# PyTorch's Linux and Windows x86 builds ship oneDNN (CI runs these); the fallback tests below run everywhere.
-needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+# The route is taken on x86-64 PyTorch builds with oneDNN (Linux and Windows; CI runs these); the fallback tests
+# below run everywhere.
+needs_onednn = pytest.mark.skipif(linear_mod._onednn_linear() is None, reason="no oneDNN route on this platform")
 
 
 @pytest.fixture
@@ -116,3 +117,14 @@ def test_mlp_keeps_the_gelu_apart_when_the_first_layer_has_a_hook():
         want = layers[2](F.gelu(F.linear(x, layers[0].weight, layers[0].bias) + 1.0))
     assert len(seen) == 1 and (seen[0] < 0).any()  # the hook saw the product before the GELU
     torch.testing.assert_close(got, want)
+
+
+def test_no_onednn_route_off_x86(monkeypatch):
+    monkeypatch.setattr(linear_mod.platform, "machine", lambda: "arm64")
+    linear_mod._onednn_linear.cache_clear()
+    try:
+        with torch.inference_mode():
+            assert not onednn_applies(tensors(3, 4), tensors(5, 4))
+    finally:
+        monkeypatch.undo()
+        linear_mod._onednn_linear.cache_clear()

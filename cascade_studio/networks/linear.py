@@ -7,7 +7,7 @@ that follows a ResBlock's first layer while the product's output is still in cac
 block's widest activation). The weights stay ordinary tensors in their usual layout: no packed copies, so loading,
 LoRA hooks and ``state_dict`` are unaffected.
 
-The route is taken for CPU tensors of one dtype (float32 or bfloat16) outside autograd and outside
+The route is taken on x86-64 for CPU tensors of one dtype (float32 or bfloat16) outside autograd and outside
 ``torch.compile`` (which lowers linears itself), when PyTorch was built with oneDNN; everything else, GPUs
 included, runs ``F.linear``. It computes the same float32 products in a different summation order, so results
 differ from MKL's by float rounding only.
@@ -16,6 +16,7 @@ differ from MKL's by float rounding only.
 from __future__ import annotations
 
 import functools
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,8 @@ from torch import nn
 @functools.cache
 def _onednn_linear():
     """``torch.ops.mkldnn._linear_pointwise`` (the op Inductor lowers CPU linears to), or None where this PyTorch
-    lacks oneDNN or the op."""
-    if not torch.backends.mkldnn.is_available():
+    lacks oneDNN or the op, and on CPUs other than x86-64 (where it has not been measured against ``F.linear``)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return None
     try:
         return torch.ops.mkldnn._linear_pointwise.default
