@@ -39,7 +39,7 @@ class GlobalResponseNorm(nn.Module):
         if x.is_cuda:
             g = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
         else:
-            g = x.square().sum(dim=(1, 2), keepdim=True).sqrt()
+            g = (x * x).sum(dim=(1, 2), keepdim=True).sqrt()  # x * x: pow's kernel took 1.5x as long here
         n = g / (g.mean(dim=-1, keepdim=True) + 1e-6)
         # gamma·(x·n) + beta + x, regrouped as beta + x·(1 + gamma·n): one pass over the big tensor.
         return kernels.scale_shift_last(x, 1 + self.gamma * n, self.beta)
