@@ -206,3 +206,26 @@ def test_compiled_networks_match_the_eager_pipeline(demo_models):
     assert np.array_equal(first, second)
     assert np.abs(first.astype(int) - eager).max() <= 8
     assert np.abs(first.astype(int) - eager).mean() < 0.5
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_previews_match_the_loaded_previewer(demo_models, monkeypatch, native_bf16):
+    """On the CPU previews run on a channels-last copy, in bf16 where the CPU has native bf16: the same picture as
+    the loaded float32 Previewer to a level or two, and the loaded network is left as it was."""
+    from cascade_studio.pipeline import generate
+
+    monkeypatch.setattr(generate, "cpu_has_native_bf16", lambda: native_bf16)
+    pipe = Pipeline(ModelSet(demo_models))
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(1, 16, 9, 6, generator=g)
+    with torch.inference_mode(), pipe.models.using("previewer") as (previewer,):
+        want = generate.to_uint8(previewer(x0))[0]
+        got = pipe._preview(previewer, x0)
+        again = pipe._preview(previewer, x0)
+        fast = pipe._cpu_previewer[1]
+        assert all(p.dtype == torch.float32 for p in previewer.parameters())
+    assert np.mean((want > 0) & (want < 255)) > 0.1  # not a saturated picture
+    assert got.shape == want.shape == (72, 48, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= (2 if native_bf16 else 1)
+    assert np.array_equal(got, again)
+    assert next(fast.parameters()).dtype == (torch.bfloat16 if native_bf16 else torch.float32)
