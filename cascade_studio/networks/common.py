@@ -152,9 +152,9 @@ def qkv_packed(x: torch.Tensor, cond_kv: tuple[torch.Tensor, torch.Tensor], w: t
 
 def reuse(memo: dict | None, name: str, inputs: tuple[torch.Tensor, ...], compute: Callable[[], object]):
     """``compute()``, or what it returned before for the very same ``inputs`` tensors (compared by identity: the
-    sampler passes one job's condition tensors unchanged at every step). ``memo`` None turns this off, as do CUDA
-    tensors (the GPU path measured without it) and tracing by ``torch.compile``."""
-    if memo is None or inputs[0].is_cuda or torch.compiler.is_compiling():
+    sampler passes one job's condition tensors unchanged at every step). ``memo`` None turns this off (outside
+    ``CascadeUNet.reusing_condition``, and on CUDA), as does tracing by ``torch.compile``."""
+    if memo is None or torch.compiler.is_compiling():
         return compute()
     hit = memo.get(name)
     if hit is not None and len(hit[0]) == len(inputs) and all(a is b for a, b in zip(hit[0], inputs)):
@@ -194,7 +194,7 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         memo = self.condition_memo
-        if memo is not None and not kv.is_cuda:
+        if memo is not None:
             attn = self.attention.attn
             cond_kv = reuse(memo, "kv", (kv,), lambda: attn.project_condition(self.kv_mapper(kv)))
             return x + self.attention(self.norm(x), None, self_attn=self.self_attn, cond_kv=cond_kv)

@@ -113,7 +113,7 @@ class Pipeline:
         self.compile = compile
         self._compiled_for: set[tuple] = set()  # (stage, network, input shape, guided, LoRAs) compiled so far
         self.lora_cache = LoraCache()
-        self._cpu_previewer: tuple | None = None  # (the loaded Previewer, weakly; its fast copy; the copy's dtype)
+        self._cpu_previewer: tuple | None = None  # (the loaded Previewer, weakly; its fast copy)
 
     @property
     def device(self) -> torch.device:
@@ -460,8 +460,9 @@ class Pipeline:
         if self._cpu_previewer is None or self._cpu_previewer[0]() is not previewer:
             dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
             fast = copy.deepcopy(previewer).to(dtype=dtype, memory_format=torch.channels_last)
-            self._cpu_previewer = (weakref.ref(previewer), fast, dtype)
-        _, fast, dtype = self._cpu_previewer
+            self._cpu_previewer = (weakref.ref(previewer), fast)
+        fast = self._cpu_previewer[1]
+        dtype = next(fast.parameters()).dtype
         return to_uint8(fast(x0.to(dtype).contiguous(memory_format=torch.channels_last)).float())[0]
 
 
