@@ -125,6 +125,36 @@ def test_two_loras_compose_like_merging_both(tmp_path, net, reference_file):
     assert not torch.allclose(both, one, atol=1e-4)
 
 
+def test_lora_on_split_attention_rows_reaches_every_projection_route(net):
+    """The low-rank terms of a q-only, a k/v-straddling and a v-only delta land on the rows they cover, whichever way
+    the queries, keys and values are projected (the GPU's joined tokens, the CPU's packed product, or the condition's
+    keys and values projected once and reused), equal to projecting with the hand-merged weight."""
+    from cascade_studio.networks.lora import LoraDelta
+
+    name = "up_blocks.1.2.attention.attn"
+    attn = net.get_submodule(name)
+    g = torch.Generator().manual_seed(4)
+    deltas = [
+        LoraDelta(name, torch.randn(2, 32, generator=g), torch.randn(rows[1] - rows[0], 2, generator=g), 0.7, rows)
+        for rows in ((0, 32), (48, 80), (64, 96))
+    ]
+    x, cond = torch.randn(2, 9, 32, generator=g), torch.randn(2, 5, 32, generator=g)
+    w = merged_weight(attn.in_proj_weight, [(d, 1.3) for d in deltas])
+    bias = attn.in_proj_bias.detach()
+    kv_tokens = torch.cat([x, cond], dim=1)
+    want = (x @ w[:32].T + bias[:32], kv_tokens @ w[32:64].T + bias[32:64], kv_tokens @ w[64:].T + bias[64:])
+    with torch.inference_mode(), apply_loras(net, [(deltas, 1.3)]):
+        routes = {
+            "joined": attn.qkv(x, cond, True, joined=True),
+            "packed": attn.qkv(x, cond, True),
+            "reused": attn.qkv(x, None, True, cond_kv=attn.project_condition(cond)),
+        }
+    for route, got in routes.items():
+        for part, a, b in zip("qkv", got, want):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"{route} {part}")
+    assert attn.in_proj_lora == ()
+
+
 def test_wrong_shapes_are_refused_naming_the_file(tmp_path, net):
     tensors = reference_lora_tensors(net, rank=4)
     tensors["weights.1.lora_up"] = torch.zeros(95, 4)
@@ -221,7 +251,7 @@ def test_pipeline_runs_with_the_demo_lora_and_forgets_it_afterwards(demo_models)
     assert np.array_equal(tagged, field)  # the tag is stripped from the CLIP text and means the same as the field
     assert np.array_equal(after, baseline)
     stage_c = pipeline.models.get("stage_c")
-    assert all(m.in_proj_delta is None for m in stage_c.modules() if isinstance(m, MultiheadAttention))
+    assert all(m.in_proj_lora == () for m in stage_c.modules() if isinstance(m, MultiheadAttention))
     with pytest.raises(LoraError, match="not found"):
         pipeline.run(plain.with_(loras=(("missing", 1.0),)))
     assert np.array_equal(pipeline.run(plain)[0].pixels, baseline)

@@ -129,23 +129,30 @@ def test_both_ways_of_projecting_attention_tokens_agree():
     """The GPU joins image and condition tokens before projecting keys and values, the CPU projects the image
     tokens' q, k and v together and joins k and v after: the same attention inputs either way, and the same as
     the packed projection written out."""
-    from cascade_studio.networks.common import qkv_joined, qkv_packed
+    from cascade_studio.networks.common import MultiheadAttention
 
     gen = torch.Generator().manual_seed(3)
     c = 24
+    attn = MultiheadAttention(c, 2)
+    with torch.no_grad():
+        attn.in_proj_weight.copy_(torch.randn(3 * c, c, generator=gen))
+        attn.in_proj_bias.copy_(torch.randn(3 * c, generator=gen))
+    w, bias = attn.in_proj_weight.detach(), attn.in_proj_bias.detach()
     x, cond = torch.randn(2, 10, c, generator=gen), torch.randn(2, 4, c, generator=gen)
-    w, bias = torch.randn(3 * c, c, generator=gen), torch.randn(3 * c, generator=gen)
-    cond_kv = torch.nn.functional.linear(cond, w[c:], bias[c:]).chunk(2, dim=-1)
-    joined, packed = qkv_joined(x, cond, w, bias), qkv_packed(x, cond_kv, w, bias)
+    with torch.inference_mode():
+        joined = attn.qkv(x, cond, True, joined=True)
+        packed = attn.qkv(x, cond, True, joined=False)
+        reused = attn.qkv(x, None, True, cond_kv=attn.project_condition(cond))
     kv_tokens = torch.cat([x, cond], dim=1)
     expected = (
         x @ w[:c].T + bias[:c],
         kv_tokens @ w[c : 2 * c].T + bias[c : 2 * c],
         kv_tokens @ w[2 * c :].T + bias[2 * c :],
     )
-    for a, b, want in zip(joined, packed, expected):
-        assert a.shape == b.shape == want.shape
-        assert torch.allclose(a, want, atol=1e-5) and torch.allclose(b, want, atol=1e-5)
+    for a, b, r, want in zip(joined, packed, reused, expected):
+        assert a.shape == b.shape == r.shape == want.shape
+        for got in (a, b, r):
+            assert torch.allclose(got, want, atol=1e-5)
 
 
 def _tiny_stage(stage: str):

@@ -83,19 +83,54 @@ class MultiheadAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * c))
         self.out_proj = Linear(c, c)
         nn.init.xavier_uniform_(self.in_proj_weight)
-        # Set by networks/lora.py while a LoRA is applied: returns a (3c, c) delta added to the packed weight
-        # on the fly, so the stored weight is never changed. None (the default) leaves the plain path.
-        self.in_proj_delta: Callable[[], torch.Tensor] | None = None
+        # Set by networks/lora.py while a LoRA is applied: low-rank terms (down (r, c), up (rows, r) with the LoRA's
+        # scale and weight folded in, first row) whose products are added to the packed projection's output rows
+        # ``first … first + rows``; the stored weight is never changed. Empty (the default) leaves the plain path.
+        self.in_proj_lora: tuple[tuple[torch.Tensor, torch.Tensor, int], ...] = ()
 
-    def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.in_proj_weight
-        if self.in_proj_delta is not None:
-            w = w + self.in_proj_delta().to(w.dtype)
-        return w, self.in_proj_bias
+    def project(self, tokens: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """``tokens`` through rows ``lo … hi`` of the packed projection (0–c queries, c–2c keys, 2c–3c values),
+        plus the low-rank terms of any LoRA that cover those rows: two thin products on the tokens instead of a
+        (3c, c) weight rebuilt at every forward pass (which cost a reference LoRA 5 % of a CPU Stage C forward)."""
+        out = linear(tokens, self.in_proj_weight[lo:hi], self.in_proj_bias[lo:hi])
+        for down, up, first in self.in_proj_lora:
+            a, b = max(lo, first), min(hi, first + up.shape[0])
+            if a < b:
+                out[..., a - lo : b - lo] += linear(linear(tokens, down), up[a - first : b - first])
+        return out
 
     def project_condition(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of the condition tokens."""
-        return _keys_values(cond, *self._weights())
+        c = self.in_proj_weight.shape[1]
+        k, v = self.project(cond, c, 3 * c).chunk(2, dim=-1)
+        return k, v
+
+    def qkv(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor | None,
+        self_attn: bool,
+        cond_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        joined: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries of ``x``; keys and values of ``x`` followed by the condition tokens (self-attention) or of the
+        condition tokens alone, given as ``cond`` or already projected as ``cond_kv`` (:meth:`project_condition`).
+
+        Self-attention has two equal routes. ``joined`` (a GPU's): keys and values from one product over the image
+        tokens joined to the condition tokens, one contiguous copy of the narrow input instead of copying k and v
+        out of strided views (on an H200 those copies cost 8 % of a Stage C forward). Otherwise (the CPU's): the
+        image tokens' q, k and v from one packed product, the condition tokens' keys and values joined on after:
+        the CPU's matrix products run closer to peak the wider they are (two Zen 4 cores: a Stage C forward about
+        15 % faster), and the condition's projection can be reused across steps (:func:`reuse`)."""
+        c = x.shape[-1]
+        if self_attn and joined and cond_kv is None:
+            k, v = self.project(torch.cat([x, cond], dim=1), c, 3 * c).chunk(2, dim=-1)
+            return self.project(x, 0, c), k, v
+        kc, vc = cond_kv if cond_kv is not None else self.project_condition(cond)
+        if not self_attn:
+            return self.project(x, 0, c), kc, vc
+        q, k, v = self.project(x, 0, 3 * c).chunk(3, dim=-1)
+        return q, torch.cat([k, kc], dim=1), torch.cat([v, vc], dim=1)
 
     def forward(
         self,
@@ -107,47 +142,13 @@ class MultiheadAttention(nn.Module):
         """``cond_kv``: the condition tokens' keys and values already projected (:meth:`project_condition`), in
         place of ``cond``."""
         b, n, c = x.shape
-        w, bias = self._weights()
-        if self_attn and x.is_cuda and cond_kv is None:
-            q, k, v = qkv_joined(x, cond, w, bias)
-        else:
-            kv = cond_kv if cond_kv is not None else _keys_values(cond, w, bias)
-            if self_attn:
-                q, k, v = qkv_packed(x, kv, w, bias)
-            else:
-                q, (k, v) = linear(x, w[:c], bias[:c]), kv
+        q, k, v = self.qkv(x, cond, self_attn, cond_kv, joined=x.is_cuda)
         h = self.nhead
         q = q.view(b, n, h, c // h).transpose(1, 2)
         k = k.view(b, k.shape[1], h, c // h).transpose(1, 2)
         v = v.view(b, v.shape[1], h, c // h).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-def _keys_values(tokens: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of ``tokens`` from the packed (3c, c) projection."""
-    c = w.shape[1]
-    k, v = linear(tokens, w[c:], bias[c:]).chunk(2, dim=-1)
-    return k, v
-
-
-def qkv_joined(x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor, bias: torch.Tensor):
-    """Queries of ``x``; keys and values of ``x`` followed by ``cond`` from one product over the joined tokens.
-    The GPU's way: one contiguous copy of the narrow input instead of copying k and v out of strided views (on an
-    H200 those two copies cost 8 % of a Stage C forward)."""
-    c = x.shape[-1]
-    k, v = _keys_values(torch.cat([x, cond], dim=1), w, bias)
-    return linear(x, w[:c], bias[:c]), k, v
-
-
-def qkv_packed(x: torch.Tensor, cond_kv: tuple[torch.Tensor, torch.Tensor], w: torch.Tensor, bias: torch.Tensor):
-    """The same from one packed product for the image tokens' q, k and v, then the condition tokens' keys and
-    values (``cond_kv``, projected apart) joined on. The CPU's way: its matrix products run closer to peak the
-    wider they are (two Zen 4 cores: a Stage C forward about 15 % faster than :func:`qkv_joined`), and the
-    condition's projection can be reused across steps (:func:`reuse`)."""
-    q, k, v = linear(x, w, bias).chunk(3, dim=-1)
-    kc, vc = cond_kv
-    return q, torch.cat([k, kc], dim=1), torch.cat([v, vc], dim=1)
 
 
 def reuse(memo: dict | None, name: str, inputs: tuple[torch.Tensor, ...], compute: Callable[[], object]):

@@ -5,10 +5,10 @@ attention ``out_proj``, ``kv_mapper.1``, ResBlock ``channelwise`` layers …) or
 ``in_proj_weight`` (rows ``[0, 3c)`` for the reference format's packed q/k/v, or the q, k or v third for layouts that
 keep them apart). :func:`apply_loras` adds every delta of several LoRAs, each times its weight:
 
-* a Linear gets a forward hook adding ``scale · F.linear(F.linear(x, down), up)`` to its output;
-* a packed attention gets ``in_proj_delta``, a function returning the (3c, c) sum of its deltas, which
-  ``MultiheadAttention.forward`` adds to the packed weight on the fly (so the fused image-token qkv and the
-  condition-token k/v both see it).
+* a Linear gets a forward hook adding ``F.linear(F.linear(x, down), scale · up)`` to its output;
+* a packed attention gets the same low-rank terms in ``in_proj_lora``, which ``MultiheadAttention.project`` adds to
+  the rows of its projections that each covers (so the fused image-token qkv and the condition-token k/v both see
+  them).
 
 The stored parameters are never written, and :meth:`AppliedLoras.remove` puts the modules back on exactly the
 code path they had, so the output after removal equals the output before, bit for bit.
@@ -20,10 +20,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .common import MultiheadAttention
+from .linear import linear
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class AppliedLoras:
         for handle in self._handles:
             handle.remove()
         for attn in self._attentions:
-            attn.in_proj_delta = None
+            attn.in_proj_lora = ()
         self._handles.clear()
         self._attentions.clear()
 
@@ -95,28 +95,29 @@ def apply_loras(network: nn.Module, loras: Sequence[tuple[Sequence[LoraDelta], f
     targets = lora_targets(network)
     all_deltas = [d for deltas, _ in loras for d in deltas]
     check_deltas(network, all_deltas)
-    linear: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
-    packed: dict[str, list[tuple[torch.Tensor, torch.Tensor, float, tuple[int, int]]]] = {}
+    linears: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    packed: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
     for deltas, weight in loras:
         for d in deltas:
             module = targets[d.module]
             ref = module.in_proj_weight if isinstance(module, MultiheadAttention) else module.weight
-            down, up = (t.to(ref.device, ref.dtype) for t in (d.down, d.up))
-            scale = float(d.scale) * float(weight)
+            down = d.down.to(ref.device, ref.dtype).contiguous()
+            # the scale folded into up in float32, then rounded once to the weights' dtype
+            up = (d.up.to(ref.device, torch.float32) * (float(d.scale) * float(weight))).to(ref.dtype).contiguous()
             if d.rows is None:
-                linear.setdefault(d.module, []).append((down, up, scale))
+                linears.setdefault(d.module, []).append((down, up))
             else:
-                packed.setdefault(d.module, []).append((down, up, scale, d.rows))
+                packed.setdefault(d.module, []).append((down, up, d.rows[0]))
 
     applied = AppliedLoras()
     try:
-        for name, terms in linear.items():
+        for name, terms in linears.items():
             applied._handles.append(targets[name].register_forward_hook(_linear_hook(terms)))
         for name, terms in packed.items():
             attn = targets[name]
-            if attn.in_proj_delta is not None:
+            if attn.in_proj_lora:
                 raise RuntimeError(f"{name} already has a LoRA applied; remove it first")
-            attn.in_proj_delta = _packed_delta(attn.in_proj_weight, terms)
+            attn.in_proj_lora = tuple(terms)
             applied._attentions.append(attn)
     except BaseException:
         applied.remove()
@@ -140,18 +141,8 @@ def merged_weight(weight: torch.Tensor, deltas: Iterable[tuple[LoraDelta, float]
 def _linear_hook(terms):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
-        for down, up, scale in terms:
-            output = output + F.linear(F.linear(x, down), up) * scale
+        for down, up in terms:
+            output = output + linear(linear(x, down), up)
         return output
 
     return hook
-
-
-def _packed_delta(weight: torch.Tensor, terms):
-    def delta() -> torch.Tensor:
-        total = weight.new_zeros(weight.shape)
-        for down, up, scale, (start, stop) in terms:
-            total[start:stop] += (up @ down) * scale
-        return total
-
-    return delta
