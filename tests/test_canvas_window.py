@@ -163,7 +163,7 @@ def test_paint_inpaint_accept_undo_then_extend_and_outpaint_in_the_real_window(q
                      if GenerationRequest.from_json(e.request_json).mode == "inpaint")  # fmt: skip
         session.mode = "text"
         with qtbot.waitSignal(window.canvas.opened, timeout=5_000):  # the source decodes off the GUI thread
-            window.gallery.recall_requested.emit(GenerationRequest.from_json(entry.request_json))
+            window.gallery.recall_requested.emit(GenerationRequest.from_json(entry.request_json), entry.made_with)
         assert session.mode == "inpaint" and session.mask_feather == 8 and session.strength == 1.0
         assert np.array_equal(doc.image_array(), source) and np.array_equal(doc.mask_array(), mask)
     finally:

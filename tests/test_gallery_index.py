@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cascade_studio.core import gallery as gallery_module
-from cascade_studio.core.gallery import GalleryFilter, GalleryIndex, entry_request, export_files
+from cascade_studio.core.gallery import GalleryFilter, GalleryIndex, entry_request, export_files, recall_caveat
 from cascade_studio.core.metadata import read_metadata
 from cascade_studio.core.request import GenerationRequest, StageSettings
 from tests.conftest import SHARED
@@ -325,3 +325,16 @@ def test_a_version_1_index_gains_made_with_keeps_culling_and_rereads_the_files(t
         assert idx.entry(path).made_with == "cuda · float32" and idx.entry(path).rating == 3
     with GalleryIndex(folder) as idx:
         assert idx.scan().unchanged == 1
+
+
+def test_recall_caveat_names_a_precision_that_differs():
+    assert recall_caveat("cpu · float32", "cpu · float32") == ""
+    assert recall_caveat(None, "cpu · float32") == recall_caveat("cuda · bfloat16", None) == ""
+    said = recall_caveat("cuda · bfloat16", "cpu · float32")
+    assert "made in bfloat16" in said and "runs float32" in said and "choose bfloat16" in said
+    assert "float16 is not offered" in recall_caveat("cuda · float16", "cuda · bfloat16")
+    # the same precision on another kind of device: no setting to change, but not bit for bit either
+    assert recall_caveat("cuda · bfloat16", "cpu · bfloat16") == (
+        " It was made on cuda and the GPU worker runs on cpu: expect small differences."
+    )
+    assert recall_caveat("float32", "cpu · float32") == ""  # an image that recorded only its precision

@@ -279,7 +279,7 @@ def test_recall_emits_the_request_saved_in_the_png(qtbot, panel, tmp_path):
     assert "Made with\ncpu · float32" in panel.metadata.toPlainText()
     with qtbot.waitSignal(panel.recall_requested, timeout=2_000) as recalled:
         panel.recall_action.trigger()
-    assert recalled.args[0] == wanted
+    assert recalled.args == [wanted, "cpu · float32"]  # with the precision it was made in, for the window to compare
     with qtbot.waitSignal(panel.send_to_canvas_requested, timeout=2_000) as canvas:
         qtbot.keyClick(panel.view, Qt.Key.Key_Return)
     assert canvas.args[0] == os.fspath(path)

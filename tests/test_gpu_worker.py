@@ -335,7 +335,10 @@ def test_warm_up_reports_the_device_without_a_job(qtbot, make_service):
     service, rec = make_service()
     service.warm_up()
     ready = f"cpu · {cpu_precision()} · all resident · demo weights"
-    qtbot.waitUntil(lambda: ready in [e[1] for e in rec.of("status_changed")], timeout=TIMEOUT_MS)
+    assert service.made_with is None  # nothing is known before the pipeline is built
+    with qtbot.waitSignal(service.made_with_changed, timeout=TIMEOUT_MS) as made:
+        qtbot.waitUntil(lambda: ready in [e[1] for e in rec.of("status_changed")], timeout=TIMEOUT_MS)
+    assert made.args == [f"cpu · {cpu_precision()}"] and service.made_with == made.args[0]  # as the PNGs record it
     assert [e[0] for e in rec.events if e[0] != "status_changed"] == []
     job = service.submit(tiny_request())
     qtbot.waitUntil(lambda: rec.outcome(job) is not None, timeout=TIMEOUT_MS)

@@ -38,6 +38,7 @@ class FakeService(QObject):
 
     def __init__(self, config):
         super().__init__()
+        self.made_with: str | None = None
         self.configs = [config]
         self.submitted: list[GenerationRequest] = []
         self.calls: list[str] = []
@@ -394,8 +395,14 @@ def test_cancel_actions_reach_the_service_from_anywhere_in_the_window(qtbot, win
 def test_gallery_signals_recall_show_and_set_the_source(qtbot, window, tmp_path):
     gallery = window.gallery
     request = GenerationRequest("recalled", seed=9, width=768, height=1152, stage_c=StageSettings(5, 3.0, 2.0))
-    gallery.recall_requested.emit(request)
+    gallery.recall_requested.emit(request, None)
     assert window.session.request() == request
+    assert window.statusBar().currentMessage() == "Recalled the settings of seed 9."
+    window.service.made_with = "cpu · bfloat16"
+    gallery.recall_requested.emit(request.with_(seed=10), "cuda · float32")
+    assert window.session.request() == request.with_(seed=10)
+    said = window.statusBar().currentMessage()
+    assert "seed 10" in said and "made in float32" in said and "runs bfloat16" in said and "Precision" in said
     gallery.use_as_source_requested.emit(str(tmp_path / "a.png"))
     assert window.session.source_image == str(tmp_path / "a.png")
 

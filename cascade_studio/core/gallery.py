@@ -714,6 +714,36 @@ def made_with(device: object, precision: object) -> str | None:
     return " · ".join(parts) or None
 
 
+_PRECISIONS = ("bfloat16", "float32", "float16")
+
+
+def _device_precision(text: str) -> tuple[str | None, str | None]:
+    parts = [p.strip() for p in text.split("·")]
+    precision = next((p for p in parts if p in _PRECISIONS), None)
+    device = next((p for p in parts if p and p not in _PRECISIONS), None)
+    return device, precision
+
+
+def recall_caveat(made_with: str | None, running: str | None) -> str:
+    """What to add when an image made with ``made_with`` is recalled while the GPU worker runs ``running`` (both as
+    :func:`made_with` writes them): the same seed and settings give a slightly different image in another precision
+    (and on another kind of device). Empty when they agree or either is unknown."""
+    if not made_with or not running:
+        return ""
+    (made_device, made_precision), (device, precision) = _device_precision(made_with), _device_precision(running)
+    if made_precision and precision and made_precision != precision:
+        choice = f"choose {made_precision} under Edit → Preferences → Precision to match"
+        if made_precision == "float16":  # another tool's, or an old file: Stage C is refused in float16
+            choice = "float16 is not offered (Stage C overflows in it)"
+        return (
+            f" It was made in {made_precision} and the GPU worker runs {precision}, so it will come out slightly"
+            f" different: {choice}."
+        )
+    if made_device and device and made_device != device:
+        return f" It was made on {made_device} and the GPU worker runs on {device}: expect small differences."
+    return ""
+
+
 def _migrate_from_1(db: sqlite3.Connection) -> None:
     """Version 1 lacked ``made_with``: add it and forget the files' identities, so the next scan reads every file's
     metadata again (ratings and flags live in their own table and stay)."""

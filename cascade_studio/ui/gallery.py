@@ -206,7 +206,7 @@ class GalleryView(QListView):
 
 
 class GalleryPanel(QWidget):
-    recall_requested = Signal(object)  # GenerationRequest
+    recall_requested = Signal(object, object)  # GenerationRequest, the image's "device · precision" or None
     send_to_canvas_requested = Signal(str)
     use_as_source_requested = Signal(str)
     current_changed = Signal(str)  # path, or "" when nothing is current
@@ -575,7 +575,7 @@ class GalleryPanel(QWidget):
         entry = self.current_entry()
         request = entry_request(entry) if entry else None
         if request is not None:
-            self.recall_requested.emit(request)
+            self.recall_requested.emit(request, entry.made_with)
 
     def send_to_canvas(self) -> None:
         if self.current_path():

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 
 from .. import __version__
 from ..core import mask as masks
+from ..core.gallery import recall_caveat
 from ..core.geometry import snap_size
 from ..core.inpaint import effective_mask, load_mask, repaint_area
 from ..core.paths import demo_folder
@@ -747,11 +748,14 @@ class MainWindow(QMainWindow):
         self.canvas.view.set_effective_mask(edges, None)
         self.show_info("The canny edges the job will follow are shown on the canvas.")
 
-    def recall(self, request: GenerationRequest) -> None:
+    def recall(self, request: GenerationRequest, made_with: str | None = None) -> None:
+        """Put ``request``'s settings back in the panels; ``made_with`` ("cuda · bfloat16", from the image's metadata)
+        is compared with what the GPU worker runs, since another precision gives a slightly different image."""
         self.session.apply_request(request)
         if request.mode in MASK_MODES and request.source_image and Path(request.source_image).is_file():
             self._recall_onto_canvas(request)
-        self.show_info(f"Recalled the settings of seed {request.seed}.")
+        running = self.service.made_with if self.service is not None else None
+        self.show_info(f"Recalled the settings of seed {request.seed}.{recall_caveat(made_with, running)}")
 
     def _recall_onto_canvas(self, request: GenerationRequest) -> None:
         """An inpaint/outpaint recall also puts its source image (and mask) back on the canvas."""

@@ -20,6 +20,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from .. import __version__
+from ..core.gallery import made_with as made_with_label
 from ..core.paths import demo_folder
 from ..core.request import GenerationRequest
 
@@ -173,6 +174,7 @@ class GpuWorker(QObject):
     job_failed = Signal(int, str, str)
     job_finished = Signal(int, str)
     status_changed = Signal(str)
+    made_with_changed = Signal(str)  # "cpu · bfloat16": what the loaded pipeline records in its PNGs
 
     def __init__(self, jobs: _JobQueue, previews: _PreviewSlot, config_getter) -> None:
         super().__init__()
@@ -351,6 +353,7 @@ class GpuWorker(QObject):
         except ValueError as exc:
             raise _Failure(str(exc), "invalid") from None
         precision = precision_name(dtype)
+        self.made_with_changed.emit(made_with_label(device.type, precision))
         self._device_status = " · ".join(
             [str(device), precision, MEMORY_MODES[memory].split(" (")[0]] + (["demo weights"] if config.demo else [])
         )
@@ -452,6 +455,9 @@ class GenerationService(QObject):
     job_failed = Signal(int, str, str)  # id, message, kind: missing_weights|out_of_memory|invalid|error
     job_finished = Signal(int, str)  # id, done|cancelled|failed|removed
     status_changed = Signal(str)
+    #: The device and precision of the loaded pipeline as the gallery shows them ("cpu · bfloat16"), sent when it
+    #: is built (at warm-up, and when a job's settings change them); see :attr:`made_with`.
+    made_with_changed = Signal(str)
 
     def __init__(self, config: WorkerConfig, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -472,6 +478,8 @@ class GenerationService(QObject):
         self._worker.job_failed.connect(self.job_failed)
         self._worker.job_finished.connect(self.job_finished)
         self._worker.status_changed.connect(self.status_changed)
+        self.made_with: str | None = None
+        self._worker.made_with_changed.connect(self._made_with_changed)
         self._worker.preview_available.connect(self._deliver_preview)
         self._thread.started.connect(self._worker.run)
         self._thread.start()
@@ -479,6 +487,10 @@ class GenerationService(QObject):
     @property
     def config(self) -> WorkerConfig:
         return self._current_config()
+
+    def _made_with_changed(self, text: str) -> None:
+        self.made_with = text
+        self.made_with_changed.emit(text)
 
     def _current_config(self) -> WorkerConfig:
         with self._config_lock:
