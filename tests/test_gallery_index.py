@@ -331,10 +331,10 @@ def test_recall_caveat_names_a_precision_that_differs():
     assert recall_caveat("cpu · float32", "cpu · float32") == ""
     assert recall_caveat(None, "cpu · float32") == recall_caveat("cuda · bfloat16", None) == ""
     said = recall_caveat("cuda · bfloat16", "cpu · float32")
-    assert "made in bfloat16" in said and "runs float32" in said and "choose bfloat16" in said
-    assert "float16 is not offered" in recall_caveat("cuda · float16", "cuda · bfloat16")
+    assert "Made in bfloat16" in said and "runs float32" in said and "Preferences → Precision" in said
+    assert "cannot run" in recall_caveat("cuda · float16", "cuda · bfloat16")
     # the same precision on another kind of device: no setting to change, but not bit for bit either
     assert recall_caveat("cuda · bfloat16", "cpu · bfloat16") == (
-        " It was made on cuda and the GPU worker runs on cpu: expect small differences."
+        " Made on cuda, this worker runs on cpu: expect small differences."
     )
     assert recall_caveat("float32", "cpu · float32") == ""  # an image that recorded only its precision

@@ -402,7 +402,7 @@ def test_gallery_signals_recall_show_and_set_the_source(qtbot, window, tmp_path)
     gallery.recall_requested.emit(request.with_(seed=10), "cuda · float32")
     assert window.session.request() == request.with_(seed=10)
     said = window.statusBar().currentMessage()
-    assert "seed 10" in said and "made in float32" in said and "runs bfloat16" in said and "Precision" in said
+    assert "seed 10" in said and "Made in float32" in said and "runs bfloat16" in said and "Precision" in said
     gallery.use_as_source_requested.emit(str(tmp_path / "a.png"))
     assert window.session.source_image == str(tmp_path / "a.png")
 

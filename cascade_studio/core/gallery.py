@@ -732,15 +732,14 @@ def recall_caveat(made_with: str | None, running: str | None) -> str:
         return ""
     (made_device, made_precision), (device, precision) = _device_precision(made_with), _device_precision(running)
     if made_precision and precision and made_precision != precision:
-        choice = f"choose {made_precision} under Edit → Preferences → Precision to match"
         if made_precision == "float16":  # another tool's, or an old file: Stage C is refused in float16
-            choice = "float16 is not offered (Stage C overflows in it)"
+            return f" Made in float16, which Stage C cannot run (it overflows); this worker runs {precision}."
         return (
-            f" It was made in {made_precision} and the GPU worker runs {precision}, so it will come out slightly"
-            f" different: {choice}."
+            f" Made in {made_precision}, this worker runs {precision}: expect small differences"
+            " (Edit → Preferences → Precision)."
         )
     if made_device and device and made_device != device:
-        return f" It was made on {made_device} and the GPU worker runs on {device}: expect small differences."
+        return f" Made on {made_device}, this worker runs on {device}: expect small differences."
     return ""
 
 
