@@ -202,3 +202,69 @@ def test_the_list_survives_a_restart_and_old_state_without_it_still_loads(qtbot,
     broken = SessionModel()
     broken.restore_state({"loras": "ink", "prompt": "still kept"})
     assert broken.loras == () and broken.prompt == "still kept"
+
+
+def _lora_with_metadata(models, name: str, metadata: dict[str, str]):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = models / LORA_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.safetensors"
+    save_file({"weights.0.lora_down": np.zeros((1, 4), np.float32)}, str(path), metadata=metadata)
+    return path
+
+
+KOHYA_METADATA = {
+    "modelspec.trigger_phrase": "ohwx man, red scarf",
+    "ss_output_name": "ohwx-v2",
+    "ss_tag_frequency": json.dumps(
+        {"10_ohwx": {"ohwx man": 20, "outdoors": 5, "Red Scarf": 3}, "5_reg": {"outdoors": 4, "portrait": 9}}
+    ),
+    "train_tokens": json.dumps([["[fernando]", "^dog</w>"], ["^snail", None]]),
+}
+
+
+def test_lora_info_reads_trigger_words_tags_and_title_from_the_header(tmp_path):
+    from cascade_studio.core.lora_info import read_lora_info
+
+    info = read_lora_info(_lora_with_metadata(tmp_path, "ohwx", KOHYA_METADATA))
+    assert info.title == "ohwx-v2"
+    assert info.trigger_words == ("ohwx man", "red scarf", "[fernando]")  # "^snail" is a regex, not a new token
+    assert info.tags == ("ohwx man", "outdoors", "portrait", "Red Scarf")  # counts summed over folders (9, 9: by name)
+    assert info.words == ("ohwx man", "red scarf", "[fernando]", "outdoors", "portrait")
+
+    plain = _lora_with_metadata(tmp_path, "plain", {})
+    assert read_lora_info(plain).words == () and read_lora_info(plain).title is None
+    plain.with_suffix(".json").write_text(json.dumps({"train_tokens": [["<sks>", None]]}))
+    assert read_lora_info(plain).trigger_words == ("<sks>",)  # named in the sidecar, as the engine reads them
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ValueError, match="garbage.safetensors"):
+        read_lora_info(garbage)
+
+
+def test_a_rows_words_menu_adds_trigger_words_and_tags_to_the_prompt(panel, models, qtbot):
+    path = _lora_with_metadata(models, "ohwx", KOHYA_METADATA)
+    session = panel.lora_list.session
+    session.prompt = "a portrait of OHWX MAN"
+    session.loras = (("ohwx", 1.0), ("ink", 0.5))
+    row, ink = panel.lora_list.rows
+    qtbot.waitUntil(lambda: row.words_button.isVisible(), timeout=5_000)  # read on the thread pool
+    assert "Trigger words: ohwx man, red scarf, [fernando]" in row.label.toolTip()
+    assert "ohwx-v2" in row.label.toolTip() and str(path) in row.label.toolTip()
+    assert not ink.words_button.isVisible()  # ink's file is not a safetensors file: it says why instead
+    qtbot.waitUntil(lambda: "Could not read its header" in ink.label.toolTip(), timeout=5_000)
+
+    actions = {a.text(): a for a in row.words_menu.actions() if not a.isSeparator() and a.text()}
+    assert list(actions) == ["All trigger words", "ohwx man", "red scarf", "[fernando]", "outdoors", "portrait"]
+    actions["All trigger words"].trigger()  # "ohwx man" is already there, in another case
+    assert session.prompt == "a portrait of OHWX MAN, red scarf, [fernando]"
+    actions["portrait"].trigger()  # a whole word already in the prompt
+    actions["outdoors"].trigger()
+    actions["outdoors"].trigger()
+    assert session.prompt == "a portrait of OHWX MAN, red scarf, [fernando], outdoors"
+
+    _lora_with_metadata(models, "ohwx", {"modelspec.trigger_phrase": "zxq style"})  # retrained in place
+    panel.lora_list.refresh_found()
+    qtbot.waitUntil(lambda: "Trigger words: zxq style" in panel.lora_list.rows[0].label.toolTip(), timeout=5_000)

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.lora_info import TRAIN_TOKENS, is_new_token, sidecar_path
 from ..core.paths import find_lora_file, list_loras, lora_candidates, lora_folder
 from ..networks.common import MultiheadAttention
 from ..networks.lora import LoraDelta, check_deltas
@@ -53,8 +54,6 @@ from .conditioning import VOCAB_SIZE, TextEncoder, TokenOverrides
 
 log = logging.getLogger(__name__)
 
-#: safetensors metadata key (and sidecar ``<stem>.json`` key) naming a reference LoRA's tokens
-TRAIN_TOKENS = "train_tokens"
 _KOHYA = re.compile(r"^(lora_prior_unet_|lora_unet_)(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 _REFERENCE = re.compile(r"^weights\.(\d+)\.(lora_down|lora_up)$")
 _NAMING_HELP = (
@@ -266,16 +265,6 @@ def _checked_floats(lora: LoraFile) -> LoraFile:
     return lora
 
 
-def sidecar_path(path: Path) -> Path:
-    """``<stem>.json`` next to a LoRA file: where its ``train_tokens`` may be given."""
-    return path.with_suffix(".json")
-
-
-def _is_new_token(token: str) -> bool:
-    """The trainer's test: ``[…]`` and ``<…>`` tokens are added to the vocabulary, others are regexes."""
-    return (token.startswith("[") and token.endswith("]")) or (token.startswith("<") and token.endswith(">"))
-
-
 def _parse_train_tokens(value: object, where: str) -> tuple[tuple[str, str | None], ...]:
     pairs = []
     if not isinstance(value, list) or not value:
@@ -290,7 +279,7 @@ def _parse_train_tokens(value: object, where: str) -> tuple[tuple[str, str | Non
         ):
             raise ValueError(f"{where}: {json.dumps(item)} is not a [token, init regex or null] pair")
         token, init = item
-        for regex in (init,) if _is_new_token(token) else (token, init):
+        for regex in (init,) if is_new_token(token) else (token, init):
             if regex is not None:
                 try:
                     re.compile(regex)
@@ -345,7 +334,7 @@ def _check_tokens(
         )
     names, source = _token_names(path, metadata)
     if names is not None:
-        added = [t for t, _ in names if _is_new_token(t)]
+        added = [t for t, _ in names if is_new_token(t)]
         if len(added) != len(new):
             raise LoraError(
                 f"LoRA {path}: {source} adds {len(added)} token{'s' if len(added) != 1 else ''} "
@@ -376,7 +365,7 @@ def _replay_trainer(lora: LoraFile, vocabulary: list[str], table: torch.Tensor) 
         return table[i].float() if i < vocab else rows[i - vocab]
 
     for token, init in lora.train_tokens or ():
-        if not _is_new_token(token):
+        if not is_new_token(token):
             selected.update(matches(token))
             continue
         if token in strings:
@@ -442,7 +431,7 @@ def token_overrides(loras: Sequence[LoraFile], encoder: TextEncoder) -> TokenOve
                     f"LoRA {f.path}: {f.token_source} selects token ids {_few(selected)} but the file holds learned "
                     f"embeddings for ids {_few(ids)}; these train_tokens are not the ones it was trained with"
                 )
-            new_tokens = [t for t, _ in f.train_tokens if _is_new_token(t)]
+            new_tokens = [t for t, _ in f.train_tokens if is_new_token(t)]
             for k, token in enumerate(new_tokens):
                 final = rows[k] + offsets[ids.index(vocab + k)]
                 key = " ".join(token.lower().split())

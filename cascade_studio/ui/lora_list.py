@@ -5,13 +5,16 @@ redraws the rows (only when names or order changed: a weight change just updates
 being typed in keeps its focus). The menu lists `<models dir>/lora/*.safetensors` each time it opens; a LoRA
 whose file is not found is shown flagged. Nothing here imports torch (listing is `core.paths`).
 <lora:name:weight> tags in the prompt still work: they are not moved into the list, only mentioned under it.
+A row whose file names trigger words or training tags (`core.lora_info`, read on the thread pool) gets an "Aa"
+menu that adds them to the prompt.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from PySide6.QtCore import QMetaObject, QObject, Qt, QUrl, Signal
+from PySide6.QtCore import QMetaObject, QObject, QRunnable, Qt, QThreadPool, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QPainter
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
@@ -27,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core.lora_info import LoraInfo, read_lora_info
 from ..core.paths import LORA_SUFFIX, find_lora_file, list_loras, lora_candidates, lora_folder
 from ..core.request import MAX_LORA_WEIGHT, MAX_LORAS, split_lora_tags
 from ..state.session import SessionModel
@@ -52,11 +56,32 @@ class _ElidedLabel(QLabel):
         self.style().drawItemText(painter, rect, align, self.palette(), self.isEnabled(), text, self.foregroundRole())
 
 
+class _InfoSignals(QObject):
+    read = Signal(str, object, object)  # path, its (mtime_ns, size), LoraInfo or the error's text
+
+
+class _ReadInfo(QRunnable):
+    """Read one LoRA file's header on the thread pool (`core.lora_info.read_lora_info`)."""
+
+    def __init__(self, path: Path, stamp: tuple[int, int], signals: _InfoSignals):
+        super().__init__()
+        self.path, self.stamp, self.signals = path, stamp, signals
+
+    def run(self) -> None:
+        try:
+            info: LoraInfo | str = read_lora_info(self.path)
+        except (OSError, ValueError) as exc:
+            info = str(exc)
+        self.signals.read.emit(str(self.path), self.stamp, info)
+
+
 class LoraRow(QWidget):
-    """One LoRA: [warning] name, weight, remove. Signals carry nothing: the list knows the row's index."""
+    """One LoRA: [warning] name, [words], weight, remove. Signals carry nothing but the word to add: the list knows
+    the row's index."""
 
     weight_edited = Signal(float)
     remove_requested = Signal()
+    word_chosen = Signal(str)  # a trigger word or tag (or several, comma-separated) to add to the prompt
 
     def __init__(self, name: str, weight: float, parent: QWidget | None = None):
         super().__init__(parent)
@@ -79,6 +104,13 @@ class LoraRow(QWidget):
         self.remove_button = QToolButton(text="✕")
         self.remove_button.setToolTip(f"Remove {lora_label(name)} from the list")
         self.remove_button.setAccessibleName(f"Remove LoRA {lora_label(name)}")
+        self.words_button = QToolButton(text="Aa")
+        self.words_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.words_button.setAccessibleName(f"Trigger words of {lora_label(name)}")
+        self.words_menu = QMenu(self.words_button)
+        self.words_menu.setToolTipsVisible(True)
+        self.words_button.setMenu(self.words_menu)
+        self.words_button.hide()
         self.weight_spin.valueChanged.connect(self.weight_edited)
         self.remove_button.clicked.connect(self.remove_requested)
 
@@ -86,12 +118,15 @@ class LoraRow(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.icon)
         row.addWidget(self.label, 1)
+        row.addWidget(self.words_button)
         row.addWidget(self.weight_spin)
         row.addWidget(self.remove_button)
         self.missing = False
+        self.info: LoraInfo | None = None
         self.set_found(None, [])
 
     def set_found(self, path: Path | None, looked: list[Path]) -> None:
+        self.path = path
         self.missing = path is None and bool(looked)
         self.icon.setVisible(self.missing)
         self.label.setStyleSheet("color: #ff6b6b;" if self.missing else "")
@@ -100,9 +135,47 @@ class LoraRow(QWidget):
             tip = f"{self.name}: not found in {where}. Generate will stop with an error until it is there."
         else:
             tip = str(path) if path is not None else self.name
+        self._path_tip = tip
         self.label.setToolTip(tip)
         self.icon.setToolTip(tip)
         self.setAccessibleName(f"LoRA {lora_label(self.name)}" + (" (file not found)" if self.missing else ""))
+        if path is None:
+            self.set_info(None)
+
+    def set_info(self, info: LoraInfo | str | None) -> None:
+        """What the file says about itself (or why it could not be read): in the name's tooltip, and the "Aa"
+        menu of its trigger words and training tags."""
+        self.info = info if isinstance(info, LoraInfo) else None
+        lines = [self._path_tip]
+        if isinstance(info, str):
+            lines.append(f"Could not read its header: {info}")
+        elif info is not None:
+            if info.title and info.title != lora_label(self.name):
+                lines.insert(0, info.title)
+            if info.trigger_words:
+                lines.append("Trigger words: " + ", ".join(info.trigger_words))
+            if info.tags:
+                lines.append("Training tags, most frequent first: " + ", ".join(info.tags))
+        self.label.setToolTip("\n".join(lines))
+        self.words_menu.clear()
+        words = self.info.words if self.info is not None else ()
+        self.words_button.setVisible(bool(words))
+        if not words:
+            return
+        self.words_button.setToolTip(
+            f"Add {lora_label(self.name)}'s trigger words or training tags to the prompt:\n" + ", ".join(words)
+        )
+        triggers = self.info.trigger_words
+        if len(triggers) > 1:
+            every = self.words_menu.addAction("All trigger words")
+            every.triggered.connect(lambda: self.word_chosen.emit(", ".join(triggers)))
+        for heading, group in (("Trigger words", triggers), ("Training tags", self.info.words[len(triggers) :])):
+            if group:
+                self.words_menu.addSection(heading)
+            for word in group:
+                action = self.words_menu.addAction(word)
+                action.setToolTip(f"Add “{word}” to the prompt")
+                action.triggered.connect(lambda _=False, w=word: self.word_chosen.emit(w))
 
     def set_weight(self, weight: float) -> None:
         if self.weight_spin.value() != round(weight, self.weight_spin.decimals()):
@@ -120,6 +193,11 @@ class LoraList(QWidget):
         self._connections: list[QMetaObject.Connection] = []
         self._models_dir: Path | None = None
         self.rows: list[LoraRow] = []
+        # What each file says about itself, by path: (its (mtime_ns, size) when read, LoraInfo or error text).
+        self._infos: dict[str, tuple[tuple[int, int], LoraInfo | str]] = {}
+        self._reading: set[tuple[str, tuple[int, int]]] = set()
+        self._info_signals = _InfoSignals(self)
+        self._info_signals.read.connect(self._info_read)
 
         self.rows_box = QVBoxLayout()
         self.rows_box.setContentsMargins(0, 0, 0, 0)
@@ -193,6 +271,7 @@ class LoraList(QWidget):
             row = LoraRow(name, weight, self)
             row.weight_edited.connect(lambda value, i=index: self._set_weight(i, value))
             row.remove_requested.connect(lambda i=index: self._remove(i))
+            row.word_chosen.connect(self.add_to_prompt)
             self.rows_box.addWidget(row)
             row.show()  # now, not at the layout's deferred show: the row is there once the model has changed
             self.rows.append(row)
@@ -204,12 +283,47 @@ class LoraList(QWidget):
             QWidget.setTabOrder(self.rows[-1].remove_button, self.add_button)
 
     def refresh_found(self) -> None:
-        """Flag the rows whose file is missing (looked up as the engine does)."""
+        """Flag the rows whose file is missing (looked up as the engine does); show what the found ones say about
+        themselves, reading a file's header on the thread pool when it is new or has changed."""
         for row in self.rows:
             if self._models_dir is None:
                 row.set_found(None, [])
-            else:
-                row.set_found(find_lora_file(row.name, self._models_dir), lora_candidates(row.name, self._models_dir))
+                continue
+            path = find_lora_file(row.name, self._models_dir)
+            row.set_found(path, lora_candidates(row.name, self._models_dir))
+            if path is None:
+                continue
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            known = self._infos.get(str(path))
+            if known is not None and known[0] == stamp:
+                row.set_info(known[1])
+            elif (str(path), stamp) not in self._reading:
+                self._reading.add((str(path), stamp))
+                QThreadPool.globalInstance().start(_ReadInfo(path, stamp, self._info_signals))
+
+    def _info_read(self, path: str, stamp: tuple[int, int], info: LoraInfo | str) -> None:
+        self._reading.discard((path, stamp))
+        self._infos[path] = (stamp, info)
+        for row in self.rows:
+            if row.path is not None and str(row.path) == path:
+                row.set_info(info)
+
+    def add_to_prompt(self, words: str) -> None:
+        """Append ``words`` (comma-separated) to the prompt, leaving out any it already contains."""
+        if self._session is None:
+            return
+        prompt = self._session.prompt
+
+        def present(word: str) -> bool:  # as a whole word or phrase, in any case
+            return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", prompt, re.IGNORECASE) is not None
+
+        new = [w.strip() for w in words.split(",") if w.strip() and not present(w.strip())]
+        if new:
+            self._session.prompt = ", ".join([prompt.rstrip().rstrip(","), *new] if prompt.strip() else new)
 
     def _set_weight(self, index: int, weight: float) -> None:
         if self._session is None or index >= len(self._session.loras):
