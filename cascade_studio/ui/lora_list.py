@@ -11,6 +11,7 @@ menu that adds them to the prompt.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -72,7 +73,8 @@ class _ReadInfo(QRunnable):
             info: LoraInfo | str = read_lora_info(self.path)
         except (OSError, ValueError) as exc:
             info = str(exc)
-        self.signals.read.emit(str(self.path), self.stamp, info)
+        with contextlib.suppress(RuntimeError):  # the list was closed during the read
+            self.signals.read.emit(str(self.path), self.stamp, info)
 
 
 class LoraRow(QWidget):
