@@ -1,5 +1,6 @@
 """The gallery index: saving, foreign metadata, culling that survives anything, incremental scans."""
 
+import json
 import os
 import shutil
 import sqlite3
@@ -338,3 +339,65 @@ def test_recall_caveat_names_a_precision_that_differs():
         " Made on cuda, this worker runs on cpu: expect small differences."
     )
     assert recall_caveat("float32", "cpu · float32") == ""  # an image that recorded only its precision
+
+
+def test_subfolders_are_indexed_on_request_keyed_by_their_path_and_keep_ratings(tmp_path, monkeypatch):
+    import cascade_studio.core.gallery as gallery
+
+    folder = tmp_path / "outputs"
+    (folder / "2024-05-01").mkdir(parents=True)
+    (folder / "2024-05-01" / "deeper" / "still").mkdir(parents=True)
+    (folder / ".thumbs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    top = plain_png(folder / "top.png")
+    day = plain_png(folder / "2024-05-01" / "00012-42.png", color=(200, 0, 0))
+    deep = plain_png(folder / "2024-05-01" / "deeper" / "d.png")
+    too_deep = plain_png(folder / "2024-05-01" / "deeper" / "still" / "x.png")
+    plain_png(folder / ".thumbs" / "hidden.png")
+    plain_png(tmp_path / "elsewhere" / "linked.png")
+    (folder / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # not followed
+    monkeypatch.setattr(gallery, "MAX_DEPTH", 2)
+
+    with GalleryIndex(folder) as index:
+        index.scan()
+        assert [e.name for e in index.entries()] == ["top.png"]
+        summary = index.scan(subfolders=True)
+        assert (summary.added, summary.unchanged) == (2, 1)
+        names = sorted(e.name for e in index.entries())
+        assert names == ["2024-05-01/00012-42.png", "2024-05-01/deeper/d.png", "top.png"]
+        assert index.entry(too_deep) is None and index.entry(deep).path == deep
+        index.set_rating(day, 4)
+        index.set_flag(day, "pick")
+        found = sorted(e.name for e in index.query("2024-05-01"))  # the search sees the folder in the key
+        assert found == ["2024-05-01/00012-42.png", "2024-05-01/deeper/d.png"]
+        index.scan()  # without subfolders: the nested rows go, their culling stays
+        assert [e.name for e in index.entries()] == ["top.png"]
+    with GalleryIndex(folder) as index:
+        index.scan(subfolders=True)
+        assert (index.entry(day).rating, index.entry(day).flag) == (4, "pick")
+        assert index.entry(top).rating == 0
+    index_db = folder / ".cascade-studio" / "index.sqlite"
+    index_db.unlink()  # rebuilt from the journal, nested key included
+    with GalleryIndex(folder) as index:
+        assert index.rebuilt
+        index.scan(subfolders=True)
+        assert (index.entry(day).rating, index.entry(day).flag) == (4, "pick")
+        # keys never leave the folder nor name hidden files
+        for outside in (tmp_path / "elsewhere" / "linked.png", folder / ".thumbs" / "hidden.png", "../x.png"):
+            assert index.entry(outside) is None
+            with pytest.raises(ValueError, match="not in the gallery folder"):
+                index.set_rating(outside, 3)
+
+
+def test_journal_lines_naming_paths_outside_the_folder_are_ignored(index):
+    path = plain_png(index.folder / "a.png")
+    index.scan()
+    index.set_rating(path, 2)
+    with open(index.journal_path, "a", encoding="utf-8") as journal:
+        for name in ("../escape.png", "/abs.png", "sub/../../x.png", ".cascade-studio/index.sqlite", "a\\b.png"):
+            journal.write(json.dumps({"n": name, "r": 5, "f": None}) + "\n")
+    index.close()
+    index.index_path.unlink()
+    with GalleryIndex(index.folder) as again:
+        culled = {name for (name,) in again._db.execute("SELECT name FROM culling")}
+        assert culled == {"a.png"}

@@ -336,3 +336,27 @@ def test_thumbnail_size_slider_changes_the_grid(qtbot, panel, tmp_path):
     assert changed.args[0] == 96 and panel.thumbnail_size() == 96
     assert panel.view.gridSize().width() == 96 + 2 * 6 + 4
     assert QApplication.instance() is not None
+
+
+def test_the_subfolders_box_shows_and_hides_nested_images(qtbot, panel, tmp_path):
+    folder = tmp_path / "outputs"
+    save(folder, 2)
+    day = folder / "txt2img-images" / "2024-05-01"
+    day.mkdir(parents=True)
+    nested = save(day, 1, prompt="a dated harbour", seed0=50)[0]
+    open_folder(qtbot, panel, folder, 2)
+    with qtbot.waitSignal(panel.subfolders_changed, timeout=2_000) as changed:
+        panel.subfolders_check.setChecked(True)
+    assert changed.args == [True] and panel.model.subfolders
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 3 and not panel.model.loading, timeout=15_000)
+    row = panel.model.row_of(nested)
+    assert panel.model.data(panel.model.index(row, 0)) == "txt2img-images/2024-05-01/" + nested.name
+    panel.select_paths([nested])
+    panel.set_rating(3)
+    panel.subfolders_check.setChecked(False)
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 2 and not panel.model.loading, timeout=15_000)
+    panel.set_folder(folder)  # reopened without subfolders: the nested row does not flash up first
+    assert all("/" not in e.name for e in panel.model.entries())
+    panel.set_subfolders(True)
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 3 and not panel.model.loading, timeout=15_000)
+    assert panel.subfolders_check.isChecked() and panel.model.entry_for(nested).rating == 3

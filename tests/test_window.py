@@ -427,6 +427,9 @@ def test_settings_layout_and_panel_values_survive_a_restart(qtbot, tmp_path):
     first.queue_dock.hide()
     first.gallery.set_thumbnail_size(200)  # the gallery's size slider
     assert settings.thumbnail_size == 200
+    assert not first.gallery.subfolders_check.isChecked()
+    first.gallery.subfolders_check.setChecked(True)
+    assert settings.gallery_subfolders
     screen = first.screen().availableGeometry()  # a restored window is kept inside the screen
     first.resize(screen.width() - 60, screen.height() - 70)
     wanted = first.size()
@@ -442,6 +445,7 @@ def test_settings_layout_and_panel_values_survive_a_restart(qtbot, tmp_path):
     assert second.prompt_panel.preset_combo.currentData() == "3:2"
     assert second.queue_dock.isHidden() and not second.gallery_dock.isHidden()
     assert second.gallery.thumbnail_size() == 200
+    assert second.gallery.subfolders_check.isChecked() and second.gallery.model.subfolders
     assert second.size() == wanted
     second.close()
 

@@ -14,11 +14,14 @@ A torn last line (a crash mid-write) fails to parse and is skipped; before the n
 added so a torn line never swallows a good one. Both stores are flushed on every change but not fsynced:
 they survive the application crashing, which is what culling needs, without an fsync per key press.
 
-Ratings are keyed by file name, so an image deleted outside the app keeps its rating should it come back
+Ratings are keyed by the file's path inside the folder (its name, for a top-level file; `2024-05-01/x.png`,
+with forward slashes, in a subfolder), so an image deleted outside the app keeps its rating should it come back
 (e.g. restored from the trash by a file manager). Deleting through `remove_entry` forgets it explicitly.
 
-Only the folder's top level is indexed (subfolders and hidden files are not): that is where we write,
-and a user can point the gallery at any dated subfolder another tool writes to.
+A scan indexes the folder's top level, where we write; with `subfolders=True` also the images in its
+subfolders (A1111 writes one folder per day), down to `MAX_DEPTH` levels, not following links to folders.
+Hidden files and folders (ours, `.cascade-studio`, included) are never indexed. A scan without subfolders drops
+the rows of nested images (their ratings stay in the culling table for when they are indexed again).
 
 Threading: a `GalleryIndex` holds one sqlite connection and must be used from the thread that made it.
 Several instances on the same folder (GUI thread, GPU thread, a scanning thread) are fine: sqlite's WAL
@@ -57,6 +60,7 @@ SCHEMA_VERSION = 2
 MAX_METADATA_BYTES = 2 * 1024 * 1024
 MAX_JOURNAL_BYTES = 4 * 1024 * 1024  # rewritten (compacted) from the culling table above this
 MAX_JOURNAL_LINE = 64 * 1024
+MAX_DEPTH = 8  # subfolder levels below the gallery folder that a scan with subfolders reads
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -102,10 +106,12 @@ class Entry:
     mtime_ns: int = 0
     size: int = 0
     made_with: str | None = None  # "cuda · bfloat16": the device and precision our PNG metadata records
+    #: the path inside the gallery folder, with forward slashes (the index's key); "" means the file's name
+    key: str = ""
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.key or self.path.name
 
 
 @dataclass
@@ -371,7 +377,7 @@ class GalleryIndex:
             stat = (self.folder / name).stat()
         except OSError:
             return None
-        entry = _read_entry(self.folder / name, stat)
+        entry = _read_entry(self.folder / name, stat, name)
         with self._transaction():
             self._insert([entry])
         return self.entry(entry.path)
@@ -400,14 +406,22 @@ class GalleryIndex:
     # -- scanning ------------------------------------------------------------------------------------------
 
     def iter_scan(
-        self, *, should_stop: Callable[[], bool] | None = None, first_batch: int = 48, max_batch: int = 400
+        self,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        subfolders: bool = False,
+        first_batch: int = 48,
+        max_batch: int = 400,
     ) -> Iterator[ScanBatch]:
-        """Bring the index in line with the folder, yielding what changed in batches as they are committed.
+        """Bring the index in line with the folder (and its subfolders, with `subfolders`), yielding what changed
+        in batches as they are committed.
 
         Files are compared by (mtime, size); only new or changed files are read, newest first, in batches
-        that start small (fast first results) and grow. `should_stop` is polled between files.
+        that start small (fast first results) and grow. `should_stop` is polled between files and folders.
         """
-        on_disk = _list_images(self.folder)
+        on_disk = _list_images(self.folder, subfolders=subfolders, should_stop=should_stop)
+        if on_disk is None:  # stopped while listing: change nothing
+            return
         known = {
             name: (mtime, size) for name, mtime, size in self._db.execute("SELECT name, mtime_ns, size FROM entries")
         }
@@ -424,7 +438,7 @@ class GalleryIndex:
         for done, (name, st) in enumerate(todo, 1):
             if should_stop is not None and should_stop():
                 break
-            batch.append(_read_entry(self.folder / name, st))
+            batch.append(_read_entry(self.folder / name, st, name))
             if len(batch) >= size or done == total:
                 with self._transaction():
                     self._insert(batch)
@@ -437,10 +451,10 @@ class GalleryIndex:
             with self._transaction():
                 self._insert(batch)
 
-    def scan(self, *, should_stop: Callable[[], bool] | None = None) -> ScanSummary:
+    def scan(self, *, should_stop: Callable[[], bool] | None = None, subfolders: bool = False) -> ScanSummary:
         known = {name for (name,) in self._db.execute("SELECT name FROM entries")}
         summary = ScanSummary()
-        for batch in self.iter_scan(should_stop=should_stop):
+        for batch in self.iter_scan(should_stop=should_stop, subfolders=subfolders):
             summary.removed += len(batch.removed)
             for entry in batch.updated:
                 if entry.name in known:
@@ -468,7 +482,7 @@ class GalleryIndex:
             "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
-                    e.path.name,
+                    e.name,
                     e.mtime_ns,
                     e.size,
                     e.created,
@@ -499,6 +513,7 @@ class GalleryIndex:
     def _entry(self, row: tuple) -> Entry:
         name, mtime_ns, size, created, width, height, prompt, negative, seed, model, source, request_json = row[:12]
         return Entry(
+            key=name,
             path=self.folder / name,
             created=created,
             width=width,
@@ -517,18 +532,21 @@ class GalleryIndex:
         )
 
     def _name(self, path: str | os.PathLike[str]) -> str | None:
+        """The index key of ``path`` (relative to the folder or absolute): its path inside the folder with forward
+        slashes, or None when it is not inside the folder or lies in a hidden file or folder."""
         path = Path(path)
         if not path.is_absolute():
             path = self.folder / path
-        parent = path.parent
-        if parent != self.folder:
+        try:
+            parts = path.relative_to(self.folder).parts
+        except ValueError:
             try:
-                parent = parent.resolve()
-            except OSError:
+                parts = path.parent.resolve().joinpath(path.name).relative_to(self.folder).parts
+            except (OSError, ValueError):
                 return None
-            if parent != self.folder:
-                return None
-        return path.name
+        if not parts or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+            return None
+        return "/".join(parts)
 
     def _require_name(self, path: str | os.PathLike[str]) -> str:
         name = self._name(path)
@@ -583,7 +601,7 @@ class GalleryFilter:
         if not words:
             return True
         haystack = "\n".join(
-            (entry.prompt, entry.model or "", "" if entry.seed is None else str(entry.seed), entry.path.name)
+            (entry.prompt, entry.model or "", "" if entry.seed is None else str(entry.seed), entry.name)
         ).casefold()
         return all(word in haystack for word in words)
 
@@ -657,22 +675,40 @@ def export_files(paths: Iterable[str | os.PathLike[str]], destination: str | os.
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _list_images(folder: Path) -> dict[str, os.stat_result]:
-    found = {}
-    with os.scandir(folder) as it:
-        for item in it:
+def _list_images(
+    folder: Path, *, subfolders: bool = False, should_stop: Callable[[], bool] | None = None
+) -> dict[str, os.stat_result] | None:
+    """The images of ``folder`` (and of its subfolders down to MAX_DEPTH, with ``subfolders``) by index key, hidden
+    files and folders left out and links to folders not followed; None when ``should_stop`` said so."""
+    found: dict[str, os.stat_result] = {}
+    pending: list[tuple[Path, str, int]] = [(folder, "", 0)]
+    while pending:
+        if should_stop is not None and should_stop():
+            return None
+        current, prefix, depth = pending.pop()
+        try:
+            with os.scandir(current) as it:
+                items = list(it)
+        except OSError:
+            if depth == 0:
+                raise
+            continue  # an unreadable subfolder costs only its own images
+        for item in items:
             name = item.name
-            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+            if name.startswith("."):
                 continue
             try:
-                if item.is_file():
-                    found[name] = item.stat()
+                if item.is_dir(follow_symlinks=False):
+                    if subfolders and depth < MAX_DEPTH:
+                        pending.append((Path(item.path), f"{prefix}{name}/", depth + 1))
+                elif name.lower().endswith(IMAGE_SUFFIXES) and item.is_file():
+                    found[prefix + name] = item.stat()
             except OSError:
                 continue
     return found
 
 
-def _read_entry(path: Path, stat: os.stat_result) -> Entry:
+def _read_entry(path: Path, stat: os.stat_result, key: str = "") -> Entry:
     """Everything the index keeps about one file. Never raises for a bad file: it is indexed with what
     could be read (a broken file still shows up, and can be deleted from the gallery)."""
     width = height = 0
@@ -705,6 +741,7 @@ def _read_entry(path: Path, stat: os.stat_result) -> Entry:
         mtime_ns=stat.st_mtime_ns,
         size=stat.st_size,
         made_with=made,
+        key=key,
     )
 
 
@@ -781,8 +818,10 @@ def _parse_journal_line(line: bytes) -> tuple[str, int, str | None] | None:
     if not isinstance(data, dict):
         return None
     name, rating, flag = data.get("n"), data.get("r"), data.get("f")
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+    if not isinstance(name, str) or not name or "\\" in name:
         return None
+    if any(part in ("", ".", "..") or part.startswith(".") for part in name.split("/")):
+        return None  # a key is a path inside the folder: no way out of it, nothing hidden
     if isinstance(rating, bool) or not isinstance(rating, int) or not 0 <= rating <= 5:
         return None
     if flag is not None and flag not in FLAGS:

@@ -42,12 +42,13 @@ class _LoadThread(QThread):
     batch = Signal(object)  # (generation, ScanBatch)
     failed = Signal(object)  # (generation, message)
 
-    def __init__(self, folder: Path, generation: int, *, scan_only: bool = False):
+    def __init__(self, folder: Path, generation: int, *, scan_only: bool = False, subfolders: bool = False):
         super().__init__()
         self.setObjectName(f"gallery-load-{generation}")
         self._folder = folder
         self._generation = generation
         self._scan_only = scan_only
+        self._subfolders = subfolders
 
     def run(self) -> None:
         try:
@@ -57,8 +58,11 @@ class _LoadThread(QThread):
             return
         try:
             if not self._scan_only:
-                self.loaded.emit((self._generation, index.entries()))
-            for batch in index.iter_scan(should_stop=self.isInterruptionRequested):
+                entries = index.entries()
+                if not self._subfolders:  # rows a scan with subfolders left: this scan drops them
+                    entries = [e for e in entries if "/" not in e.name]
+                self.loaded.emit((self._generation, entries))
+            for batch in index.iter_scan(should_stop=self.isInterruptionRequested, subfolders=self._subfolders):
                 if self.isInterruptionRequested():
                     return
                 if batch.updated or batch.removed:
@@ -94,6 +98,8 @@ class GalleryModel(QAbstractListModel):
         self._thread: _LoadThread | None = None
         self._threads: list[_LoadThread] = []
         self._trash: list[list[TrashedItem]] = []
+        self._subfolders = False
+        self._have_rows = False  # the current folder's indexed rows have been delivered
 
     # -- Qt model ------------------------------------------------------------------------------------------
 
@@ -109,9 +115,9 @@ class GalleryModel(QAbstractListModel):
         if role == self.PathRole:
             return os.fspath(entry.path)
         if role == Qt.ItemDataRole.DisplayRole:
-            return entry.path.name
+            return entry.name  # "2024-05-01/00012-42.png" for an image in a subfolder
         if role == Qt.ItemDataRole.ToolTipRole:
-            return entry.prompt or entry.path.name
+            return entry.prompt or entry.name
         return None
 
     def flags(self, index: ModelIndex) -> Qt.ItemFlag:
@@ -144,6 +150,7 @@ class GalleryModel(QAbstractListModel):
         self.beginResetModel()
         self._all, self._rows, self._keys, self._row_of = {}, [], [], None
         self._folder = None
+        self._have_rows = False
         self.endResetModel()
         if folder is not None:
             try:
@@ -156,6 +163,22 @@ class GalleryModel(QAbstractListModel):
                 self._start_loading(scan_only=False)
         self._emit_counts()
 
+    @property
+    def subfolders(self) -> bool:
+        """Whether the folder's subfolders are indexed and shown too (see `core.gallery`)."""
+        return self._subfolders
+
+    def set_subfolders(self, on: bool) -> None:
+        """Include the subfolders' images or not; rescans the current folder (rows come and go as it runs)."""
+        if on == self._subfolders:
+            return
+        self._subfolders = on
+        if self._folder is not None:
+            self._stop_loading()
+            # Turning them on reloads the index's rows too (it may hold nested rows a load without them left out);
+            # turning them off needs only the scan that drops the nested rows, once the rows are in.
+            self._start_loading(scan_only=self._have_rows and not on)
+
     def rescan(self) -> None:
         """Look for files added, changed or removed outside the app."""
         if self._folder is not None and self._thread is None:
@@ -163,7 +186,7 @@ class GalleryModel(QAbstractListModel):
 
     def _start_loading(self, *, scan_only: bool) -> None:
         self._generation += 1
-        thread = _LoadThread(self._folder, self._generation, scan_only=scan_only)
+        thread = _LoadThread(self._folder, self._generation, scan_only=scan_only, subfolders=self._subfolders)
         thread.loaded.connect(self._on_loaded)
         thread.batch.connect(self._on_batch)
         thread.failed.connect(self._on_failed)
@@ -213,6 +236,7 @@ class GalleryModel(QAbstractListModel):
         self._all = {e.path: e for e in entries}
         self._resort()
         self.endResetModel()
+        self._have_rows = True
         self._emit_counts()
 
     def _on_batch(self, payload: tuple[int, ScanBatch]) -> None:

@@ -67,6 +67,7 @@ class Settings(QObject):
     preview_every_changed = Signal(int)
     compile_changed = Signal(bool)
     thumbnail_size_changed = Signal(int)
+    gallery_subfolders_changed = Signal(bool)
     prompt_history_changed = Signal(list)
 
     def __init__(
@@ -180,6 +181,17 @@ class Settings(QObject):
         value = _int(value, 160, *THUMBNAIL_RANGE)
         if value != self.thumbnail_size:
             self._set("gallery/thumbnail_size", value, self.thumbnail_size_changed)
+
+    @property
+    def gallery_subfolders(self) -> bool:
+        """Whether the gallery also shows the images in the output folder's subfolders."""
+        return _bool(self.store.value("gallery/subfolders"), False)
+
+    @gallery_subfolders.setter
+    def gallery_subfolders(self, value: bool) -> None:
+        value = bool(value)
+        if value != self.gallery_subfolders:
+            self._set("gallery/subfolders", value, self.gallery_subfolders_changed)
 
     # -- prompt history (oldest first; each entry {"prompt": ..., "negative": ...}) ----------------------
 

@@ -21,6 +21,7 @@ from PySide6.QtCore import QCoreApplication, QModelIndex, QPoint, QPointF, QRect
 from PySide6.QtGui import QAction, QColor, QKeySequence, QPainter, QPainterPath, QPen, QPolygonF
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFrame,
@@ -211,6 +212,7 @@ class GalleryPanel(QWidget):
     use_as_source_requested = Signal(str)
     current_changed = Signal(str)  # path, or "" when nothing is current
     thumbnail_size_changed = Signal(int)
+    subfolders_changed = Signal(bool)
 
     def __init__(self, parent: QWidget | None = None, *, thumbnail_cache_dir: str | os.PathLike[str] | None = None):
         super().__init__(parent)
@@ -246,10 +248,17 @@ class GalleryPanel(QWidget):
         self.count_label = QLabel(self)
         self.status_label = QLabel(self)
         self.status_label.setObjectName("note")
+        self.subfolders_check = QCheckBox("Subfolders", self)
+        self.subfolders_check.setToolTip(
+            "Also show the images in the folder's subfolders (as A1111 writes them, one folder per day), down to "
+            "8 levels. Hidden folders are left out."
+        )
+        self.subfolders_check.toggled.connect(self._subfolders_toggled)
         bottom = QHBoxLayout()
         bottom.setContentsMargins(4, 0, 4, 0)
         bottom.addWidget(self.count_label)
         bottom.addWidget(self.status_label, 1)
+        bottom.addWidget(self.subfolders_check)
         bottom.addWidget(QLabel("Size"))
         bottom.addWidget(self.size_slider)
 
@@ -393,6 +402,15 @@ class GalleryPanel(QWidget):
 
     def folder(self) -> Path | None:
         return self.model.folder
+
+    def set_subfolders(self, on: bool) -> None:
+        """Show the subfolders' images too, or not (the "Subfolders" box; `subfolders_changed` when it changes)."""
+        self.subfolders_check.setChecked(on)  # comes back through _subfolders_toggled when it changes
+        self.model.set_subfolders(on)
+
+    def _subfolders_toggled(self, on: bool) -> None:
+        self.model.set_subfolders(on)
+        self.subfolders_changed.emit(on)
 
     def add_path(self, path: str | os.PathLike[str]) -> None:
         """A new image the GPU worker just wrote and indexed."""

@@ -217,6 +217,7 @@ class MainWindow(QMainWindow):
         self._make_menus()
         self._connect()
 
+        self.gallery.set_subfolders(settings.gallery_subfolders)  # before the folder, which it scans
         self.gallery.set_folder(settings.output_dir)
         self.gallery.set_thumbnail_size(settings.thumbnail_size)
         if not self.restoreGeometry(settings.window_geometry):
@@ -369,6 +370,7 @@ class MainWindow(QMainWindow):
         g.use_as_source_requested.connect(self.session.use_source_image)
         g.current_changed.connect(self._show_gallery_image)
         g.thumbnail_size_changed.connect(self._remember_thumbnail_size)
+        g.subfolders_changed.connect(lambda on: setattr(self.settings, "gallery_subfolders", on))
         st = self.settings
         for signal in (st.models_dir_changed, st.device_changed, st.dtype_changed, st.memory_changed,
                        st.preview_every_changed, st.compile_changed):  # fmt: skip
