@@ -74,6 +74,21 @@ def test_memory_freed_inside_is_handed_back_on_leaving():
     assert out["after"] < out["held"] - 150
 
 
+def test_hand_back_returns_freed_memory_between_stages_and_the_heap_stays_kept():
+    out = run_child("""
+        with heap.kept_heap():
+            blocks = [torch.ones(BIG // 2) for _ in range(4)]  # 192 MiB, as one stage's working set
+            del blocks
+            held = rss_mib()
+            heap.hand_back()  # what the pipeline does between Stage C, Stage B and Stage A
+            handed = rss_mib()
+            inside = faults_after_a_freed_block()  # and big blocks are still reused afterwards
+        print(json.dumps({"held": held, "handed": handed, "inside": inside}))
+    """)
+    assert out["handed"] < out["held"] - 150
+    assert out["inside"] < HALF_PAGES // 10
+
+
 def test_nested_uses_hand_memory_back_only_when_the_last_leaves():
     out = run_child("""
         with heap.kept_heap():

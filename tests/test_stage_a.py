@@ -122,15 +122,23 @@ def test_strip_decode_equals_plain_decode(shape, tile_pixels):
 
 
 class _LargestOutput(TorchDispatchMode):
-    """Records the element count of the largest tensor any aten op produces."""
+    """Records the element count of the largest tensor any aten op produces, and how many new tensors of at least
+    ``big`` elements were made (outputs that are views of an input, or an op's in-place result, are not new)."""
 
     largest = 0
 
+    def __init__(self, big: int = 0):
+        super().__init__()
+        self.big, self.made_big = big, 0
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
+                if self.big and t.numel() >= self.big and t.untyped_storage().data_ptr() not in inputs:
+                    self.made_big += 1
         return out
 
 
@@ -141,13 +149,16 @@ def test_strip_decode_bounds_memory_to_strips():
     c, size = 32, 32
     model = randomize_(StageA(levels=2, bottleneck_blocks=2, c_hidden=c, codebook_size=16), 7)
     z = torch.randn(1, 4, size, size)
-    plain, strips = _LargestOutput(), _LargestOutput()
+    level_0 = 2 * size * size * c  # the up-sampled level's map: (2H, 2W, C/2)
+    plain, strips = _LargestOutput(), _LargestOutput(big=level_0)
     with plain:
         model.decode(z)
     with strips:
         model.decode(z, tile_pixels=128)
     assert plain.largest >= 8 * size * size * c
-    assert strips.largest <= 2 * size * size * c
+    assert strips.largest <= level_0
+    # one map of that size is made (by the up-sampling), and the residual blocks then work on it in place
+    assert strips.made_big == 1
 
 
 def test_strip_decode_rejects_a_nonpositive_tile():

@@ -64,28 +64,31 @@ class StageAResBlock(nn.Module):
             ones * (1 + g[3]), ones * g[4], first.weight, first.bias, last.weight * g[5], last.bias * g[5],
         )  # fmt: skip
 
-    def forward_strips(self, x: torch.Tensor, out: torch.Tensor, rows: int, folded: tuple[torch.Tensor, ...]) -> None:
-        """``forward`` on one channels-last image ``x`` (H, W, C), written into ``out`` (same shape), ``rows`` rows
-        at a time.
+    def forward_strips(self, x: torch.Tensor, rows: int, folded: tuple[torch.Tensor, ...]) -> None:
+        """``forward`` on one channels-last image ``x`` (H, W, C), in place, ``rows`` rows at a time.
 
         Exact up to float rounding: the depthwise 3×3 conv reads one halo row above and below each strip (the
-        replication pad applies only at the image's own edges) and everything else acts on single pixels. Each
-        strip's temporaries are strip-sized; the residual adds go straight into ``out``, the second one inside
-        the MLP's last matrix product.
+        replication pad applies only at the image's own edges) and everything else acts on single pixels. The row
+        above a strip has been overwritten by the strip before, so a copy of it as it was is kept; the row below
+        is still the input. Each strip's temporaries are strip-sized; the residual adds go straight into ``x``, the
+        second one inside the MLP's last matrix product.
         """
         w0, b0, conv_w, conv_b, w3, b3, w_in, b_in, w_out, b_out = folded
         height, channels = x.shape[0], x.shape[2]
+        above: torch.Tensor | None = None  # the input row above this strip, as it was
         for r0 in range(0, height, rows):
             r1 = min(height, r0 + rows)
-            a0, a1 = max(0, r0 - 1), min(height, r1 + 1)
-            h = F.layer_norm(x[a0:a1], (channels,), w0, b0, self.eps)
-            if r0 == 0 or r1 == height:  # the replication pad's rows at the image's own top and bottom
-                h = torch.cat([h[:1]] * (r0 == 0) + [h] + [h[-1:]] * (r1 == height))
-            h = torch.cat([h[:, :1], h, h[:, -1:]], dim=1)  # … and its columns
+            h = F.layer_norm(x[r0 : min(height, r1 + 1)], (channels,), w0, b0, self.eps)
+            # rows r0 - 1 … r1, the replication pad's own rows at the image's top and bottom
+            top = h[:1] if above is None else F.layer_norm(above, (channels,), w0, b0, self.eps)[None]
+            h = torch.cat([top, h] + [h[-1:]] * (r1 == height))
+            h = torch.cat([h[:, :1], h, h[:, -1:]], dim=1)  # … and columns
             # As a channels-last NCHW view, so that the convolution reads and writes channels-last (NCHW input,
             # pad and output, then a strided residual add took 5x as long at 384 channels on the CPU).
             d = F.conv2d(h[None].permute(0, 3, 1, 2), conv_w, conv_b, groups=channels)[0].permute(1, 2, 0)
-            y = torch.add(x[r0:r1], d, out=out[r0:r1])
+            above = x[r1 - 1].clone()
+            y = x[r0:r1]
+            y += d
             hidden = linear(F.layer_norm(y, (channels,), w3, b3, self.eps), w_in, b_in, gelu=True)
             linear_add_(hidden, w_out, b_out, y)
 
@@ -217,8 +220,8 @@ class StageA(nn.Module):
 
         Unlike overlapping image tiles this needs no seam blending and no wide halo (the receptive field of the
         whole decoder is ~14 latent pixels): each layer's strip reads at most one extra row either side of its
-        input, so the output equals the plain decode up to float rounding. Residual blocks alternate between two
-        full-size buffers; the MLP's 4× wider hidden activations exist only per strip.
+        input, so the output equals the plain decode up to float rounding. Residual blocks update their one
+        full-size map in place; the MLP's 4× wider hidden activations exist only per strip.
         """
         dtype = z.dtype  # computed in the latent's dtype (bfloat16 on a GPU), whatever the weights are stored in
 
@@ -227,16 +230,12 @@ class StageA(nn.Module):
 
         first = self.up_blocks[0][0]
         x = linear(z.permute(1, 2, 0) * self.scale_factor, *cast(first.weight[:, :, 0, 0], first.bias))
-        spare: torch.Tensor | None = None
         for layer in list(self.up_blocks)[1:]:
             rows = max(1, tile_pixels // x.shape[1])
             if isinstance(layer, StageAResBlock):
-                if spare is None or spare.shape != x.shape:
-                    spare = torch.empty_like(x)
-                layer.forward_strips(x, spare, rows, cast(*layer.folded()))
-                x, spare = spare, x
+                layer.forward_strips(x, rows, cast(*layer.folded()))
             elif isinstance(layer, nn.ConvTranspose2d):
-                x, spare = _conv_transpose_strips(layer, x, rows, *cast(layer.weight, layer.bias)), None
+                x = _conv_transpose_strips(layer, x, rows, *cast(layer.weight, layer.bias))
             else:
                 raise TypeError(f"no strip-wise decode for {type(layer).__name__}")
         last = self.out_block[0]
