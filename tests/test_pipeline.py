@@ -43,6 +43,21 @@ def test_text_to_image_reports_every_step_with_previews(pipeline):
     assert not np.array_equal(images[0].pixels, images[1].pixels)
 
 
+def test_every_network_runs_in_inference_mode(pipeline):
+    seen = []
+    for role in ("stage_c", "stage_b", "stage_a"):
+        network = pipeline.models.get(role)
+        network.register_forward_pre_hook(
+            lambda m, args, role=role: seen.append((role, torch.is_inference_mode_enabled()))
+        )
+    stage_a = pipeline.models.get("stage_a")
+    decode = stage_a.decode
+    stage_a.decode = lambda *a, **k: seen.append(("stage_a", torch.is_inference_mode_enabled())) or decode(*a, **k)
+    pipeline.run(request())
+    assert {role for role, _ in seen} == {"stage_c", "stage_b", "stage_a"}
+    assert all(inference for _, inference in seen)
+
+
 def test_same_seed_gives_identical_pixels(pipeline):
     a = pipeline.run(request())[0].pixels
     b = pipeline.run(request())[0].pixels
