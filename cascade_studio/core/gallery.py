@@ -37,7 +37,7 @@ import shutil
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -544,9 +544,7 @@ class GalleryIndex:
                 parts = path.parent.resolve().joinpath(path.name).relative_to(self.folder).parts
             except (OSError, ValueError):
                 return None
-        if not parts or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
-            return None
-        return "/".join(parts)
+        return "/".join(parts) if _is_key(parts) else None
 
     def _require_name(self, path: str | os.PathLike[str]) -> str:
         name = self._name(path)
@@ -804,6 +802,11 @@ def _image_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
+def _is_key(parts: Sequence[str]) -> bool:
+    """Whether path ``parts`` make an index key: a path inside the folder, no way out of it, nothing hidden."""
+    return bool(parts) and not any(part in ("", ".", "..") or part.startswith(".") for part in parts)
+
+
 def _journal_line(name: str, rating: int, flag: str | None) -> str:
     return json.dumps({"n": name, "r": rating, "f": flag}, ensure_ascii=True) + "\n"
 
@@ -818,10 +821,8 @@ def _parse_journal_line(line: bytes) -> tuple[str, int, str | None] | None:
     if not isinstance(data, dict):
         return None
     name, rating, flag = data.get("n"), data.get("r"), data.get("f")
-    if not isinstance(name, str) or not name or "\\" in name:
+    if not isinstance(name, str) or "\\" in name or not _is_key(name.split("/")):
         return None
-    if any(part in ("", ".", "..") or part.startswith(".") for part in name.split("/")):
-        return None  # a key is a path inside the folder: no way out of it, nothing hidden
     if isinstance(rating, bool) or not isinstance(rating, int) or not 0 <= rating <= 5:
         return None
     if flag is not None and flag not in FLAGS:

@@ -406,7 +406,6 @@ class GalleryPanel(QWidget):
     def set_subfolders(self, on: bool) -> None:
         """Show the subfolders' images too, or not (the "Subfolders" box; `subfolders_changed` when it changes)."""
         self.subfolders_check.setChecked(on)  # comes back through _subfolders_toggled when it changes
-        self.model.set_subfolders(on)
 
     def _subfolders_toggled(self, on: bool) -> None:
         self.model.set_subfolders(on)

@@ -124,7 +124,6 @@ class LoraRow(QWidget):
         row.addWidget(self.weight_spin)
         row.addWidget(self.remove_button)
         self.missing = False
-        self.info: LoraInfo | None = None
         self.set_found(None, [])
 
     def set_found(self, path: Path | None, looked: list[Path]) -> None:
@@ -147,7 +146,6 @@ class LoraRow(QWidget):
     def set_info(self, info: LoraInfo | str | None) -> None:
         """What the file says about itself (or why it could not be read): in the name's tooltip, and the "Aa"
         menu of its trigger words and training tags."""
-        self.info = info if isinstance(info, LoraInfo) else None
         lines = [self._path_tip]
         if isinstance(info, str):
             lines.append(f"Could not read its header: {info}")
@@ -160,18 +158,18 @@ class LoraRow(QWidget):
                 lines.append("Training tags, most frequent first: " + ", ".join(info.tags))
         self.label.setToolTip("\n".join(lines))
         self.words_menu.clear()
-        words = self.info.words if self.info is not None else ()
+        words = info.words if isinstance(info, LoraInfo) else ()
         self.words_button.setVisible(bool(words))
         if not words:
             return
         self.words_button.setToolTip(
             f"Add {lora_label(self.name)}'s trigger words or training tags to the prompt:\n" + ", ".join(words)
         )
-        triggers = self.info.trigger_words
+        triggers = info.trigger_words
         if len(triggers) > 1:
             every = self.words_menu.addAction("All trigger words")
             every.triggered.connect(lambda: self.word_chosen.emit(", ".join(triggers)))
-        for heading, group in (("Trigger words", triggers), ("Training tags", self.info.words[len(triggers) :])):
+        for heading, group in (("Trigger words", triggers), ("Training tags", words[len(triggers) :])):
             if group:
                 self.words_menu.addSection(heading)
             for word in group:
