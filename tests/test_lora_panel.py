@@ -226,6 +226,9 @@ KOHYA_METADATA = {
 
 
 def test_lora_info_reads_trigger_words_tags_and_title_from_the_header(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
     from cascade_studio.core.lora_info import read_lora_info
 
     info = read_lora_info(_lora_with_metadata(tmp_path, "ohwx", KOHYA_METADATA))
@@ -234,8 +237,15 @@ def test_lora_info_reads_trigger_words_tags_and_title_from_the_header(tmp_path):
     assert info.tags == ("ohwx man", "outdoors", "portrait", "Red Scarf")  # counts summed over folders (9, 9: by name)
     assert info.words == ("ohwx man", "red scarf", "[fernando]", "outdoors", "portrait")
 
+    assert info.changes == ("Stage C",)
     plain = _lora_with_metadata(tmp_path, "plain", {})
     assert read_lora_info(plain).words == () and read_lora_info(plain).title is None
+    both = tmp_path / "both.safetensors"
+    te, unet = "lora_prior_te_text_model_encoder_layers_0_mlp_fc1", "lora_prior_unet_clf_1"
+    save_file(
+        {f"{te}.lora_down.weight": np.zeros((1, 4), np.float32), f"{unet}.alpha": np.ones((), np.float32)}, str(both)
+    )
+    assert read_lora_info(both).changes == ("Stage C", "text encoder")
     plain.with_suffix(".json").write_text(json.dumps({"train_tokens": [["<sks>", None]]}))
     assert read_lora_info(plain).trigger_words == ("<sks>",)  # named in the sidecar, as the engine reads them
     garbage = tmp_path / "garbage.safetensors"
@@ -252,6 +262,7 @@ def test_a_rows_words_menu_adds_trigger_words_and_tags_to_the_prompt(panel, mode
     row, ink = panel.lora_list.rows
     qtbot.waitUntil(lambda: row.words_button.isVisible(), timeout=5_000)  # read on the thread pool
     assert "Trigger words: ohwx man, red scarf, [fernando]" in row.label.toolTip()
+    assert "Changes: Stage C" in row.label.toolTip()
     assert "ohwx-v2" in row.label.toolTip() and str(path) in row.label.toolTip()
     assert not ink.words_button.isVisible()  # ink's file is not a safetensors file: it says why instead
     qtbot.waitUntil(lambda: "Could not read its header" in ink.label.toolTip(), timeout=5_000)

@@ -7,6 +7,8 @@
 * **Training tags**: kohya's ``ss_tag_frequency`` (``{dataset folder: {caption tag: count}}``), most frequent
   first; a style or character LoRA's activation word is usually among the first.
 * A **title**: ``modelspec.title``, else kohya's ``ss_output_name``.
+* What it **changes**, from its tensor names: Stage C, the text encoder (a kohya/OneTrainer ``lora_prior_te_…``
+  part), learned tokens (a reference LoRA's ``embeddings.*``).
 
 Nothing here fails on a file without metadata; a file that is not a safetensors file raises ValueError naming it.
 """
@@ -29,6 +31,7 @@ class LoraInfo:
     title: str | None = None
     trigger_words: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()  # most frequent first, at most MAX_TAGS
+    changes: tuple[str, ...] = ()  # of CHANGES, in that order
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -47,8 +50,16 @@ def sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file's header (empty when it has none)."""
+#: what a LoRA's tensors change, told by their names' prefixes (the layouts pipeline/lora.py reads)
+CHANGES = {
+    "Stage C": ("weights.", "lora_prior_unet_", "lora_unet_"),
+    "text encoder": ("lora_prior_te_", "lora_te_"),
+    "learned tokens": ("embeddings.",),
+}
+
+
+def _read_header(path: str | Path) -> tuple[dict[str, str], list[str]]:
+    """The ``__metadata__`` of a safetensors file's header (empty when it has none) and its tensor names."""
     path = Path(path)
     with path.open("rb") as f:
         head = f.read(8)
@@ -62,10 +73,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"{path}: not a safetensors file (its header is not JSON)") from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(header, dict):
+        return {}, []
+    metadata = header.get("__metadata__")
+    names = [str(k) for k in header if k != "__metadata__"]
     if not isinstance(metadata, dict):
-        return {}
-    return {str(k): v for k, v in metadata.items() if isinstance(v, str)}
+        return {}, names
+    return {str(k): v for k, v in metadata.items() if isinstance(v, str)}, names
 
 
 def _new_tokens(value: object) -> list[str]:
@@ -103,7 +117,7 @@ def _tags(text: str | None) -> tuple[str, ...]:
 def read_lora_info(path: str | Path) -> LoraInfo:
     """Title, trigger words and training tags of the LoRA at ``path`` (see the module's docstring)."""
     path = Path(path)
-    metadata = read_metadata(path)
+    metadata, names = _read_header(path)
     triggers: list[str] = []
     for word in metadata.get("modelspec.trigger_phrase", "").split(","):
         if word.strip():
@@ -119,4 +133,5 @@ def read_lora_info(path: str | Path) -> LoraInfo:
             triggers += _new_tokens(data.get(TRAIN_TOKENS))
     unique = tuple(dict.fromkeys(triggers))
     title = metadata.get("modelspec.title") or metadata.get("ss_output_name") or None
-    return LoraInfo(title, unique, _tags(metadata.get("ss_tag_frequency")))
+    changes = tuple(part for part, prefixes in CHANGES.items() if any(n.startswith(prefixes) for n in names))
+    return LoraInfo(title, unique, _tags(metadata.get("ss_tag_frequency")), changes)

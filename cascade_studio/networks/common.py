@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .linear import Linear, linear, mlp
+from .linear import Linear, add_low_rank_, linear, mlp
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -93,11 +93,7 @@ class MultiheadAttention(nn.Module):
         plus the low-rank terms of any LoRA that cover those rows: two thin products on the tokens instead of a
         (3c, c) weight rebuilt at every forward pass (which cost a reference LoRA 5 % of a CPU Stage C forward)."""
         out = linear(tokens, self.in_proj_weight[lo:hi], self.in_proj_bias[lo:hi])
-        for down, up, first in self.in_proj_lora:
-            a, b = max(lo, first), min(hi, first + up.shape[0])
-            if a < b:
-                out[..., a - lo : b - lo] += linear(linear(tokens, down), up[a - first : b - first])
-        return out
+        return add_low_rank_(out, tokens, self.in_proj_lora, lo)
 
     def project_condition(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of the condition tokens."""

@@ -74,6 +74,18 @@ def linear_add_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out
 
 
+def add_low_rank_(out: torch.Tensor, x: torch.Tensor, terms, first_row: int = 0) -> torch.Tensor:
+    """Add LoRA terms to ``out``, which holds output rows ``first_row …`` of a (packed) projection of ``x``: each term
+    ``(down (r, in), up (rows, r), first)`` adds ``x · downᵀ · upᵀ`` to the rows ``first … first + rows`` that ``out``
+    holds (two thin products instead of a rebuilt weight). Returns ``out``."""
+    last_row = first_row + out.shape[-1]
+    for down, up, first in terms:
+        a, b = max(first_row, first), min(last_row, first + up.shape[0])
+        if a < b:
+            out[..., a - first_row : b - first_row] += linear(linear(x, down), up[a - first : b - first])
+    return out
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state-dict keys, forward hooks as usual) computed by :func:`linear`."""
 

@@ -40,10 +40,17 @@ is tokenised, as transformers' ``add_tokens`` does), and the embedding lookup ta
 listed ids (new ones and existing ones) and the tower's own rows for every other id. The tower's weights are
 never written, so a call without overrides, or a prompt that uses none of the listed ids, gives exactly the
 plain result.
+
+A LoRA's text-encoder part (:meth:`TextEncoder.applying`, deltas from
+:meth:`cascade_studio.pipeline.lora.LoraFile.text_deltas`) is applied the same way for the encodings inside a
+``with`` block: low-rank terms added to the packed q/k/v projection's rows, forward hooks on the Linear layers
+(``attn.out_proj``, ``mlp.c_fc``, ``mlp.c_proj``) and terms added after ``text_projection``; leaving the block gives
+the plain encoder back, bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -51,13 +58,15 @@ import json
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..networks.linear import add_low_rank_
+from ..networks.lora import LoraDelta, apply_loras, check_deltas, lora_terms
 from .checkpoints import (
     DTYPES,
     META_CONFIG,
@@ -423,7 +432,8 @@ def _attention_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> t
     attn = block.attn
     batch, length, width = x.shape
     heads = attn.num_heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    h = block.ln_1(x)
+    qkv = add_low_rank_(F.linear(h, attn.in_proj_weight, attn.in_proj_bias), h, getattr(attn, "in_proj_lora", ()))
     q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, heads, L, d)
     h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     x = x + block.ls_1(attn.out_proj(h.transpose(1, 2).reshape(batch, length, width)))
@@ -489,6 +499,8 @@ class TextEncoder(nn.Module):
         self._tokenizer = tokenizer
         self._tokenizer_model = tokenizer_model
         self._vocabulary: list[str] | None = None
+        # (down, up) low-rank terms added after a parameter text_projection while a LoRA is applied (:meth:`applying`)
+        self._projection_lora: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
     @classmethod
     def from_file(
@@ -659,8 +671,40 @@ class TextEncoder(nn.Module):
         if isinstance(projection, nn.Linear):
             pooled = projection(pooled)
         elif projection is not None:
-            pooled = pooled @ projection
+            pooled = add_low_rank_(pooled @ projection, pooled, [(d, u, 0) for d, u in self._projection_lora])
         return clip_text, pooled.unsqueeze(1)
+
+    def _on_projection(self, d: LoraDelta) -> bool:
+        """Whether ``d`` targets a parameter ``text_projection`` (used as ``x @ P``, so no Linear to hook)."""
+        return d.module == "text_projection" and isinstance(self.tower.text_projection, nn.Parameter)
+
+    def check_lora(self, deltas: Sequence[LoraDelta]) -> None:
+        """Raise ValueError when a text-encoder delta names no Linear layer, packed attention or ``text_projection``
+        of the tower, or does not fit its weight."""
+        check_deltas(self.tower, [d for d in deltas if not self._on_projection(d)])
+        projection = self.tower.text_projection
+        for d in filter(self._on_projection, deltas):
+            out, inp, rank = projection.shape[1], projection.shape[0], d.down.shape[0]
+            if d.rows is not None or d.down.shape != (rank, inp) or d.up.shape != (out, rank):
+                raise ValueError(
+                    f"text_projection: LoRA shapes down {tuple(d.down.shape)} / up {tuple(d.up.shape)} do not fit a "
+                    f"({out} × {inp}) projection (expected down (rank, {inp}) and up ({out}, rank))"
+                )
+
+    @contextlib.contextmanager
+    def applying(self, loras: Sequence[tuple[Sequence[LoraDelta], float]]) -> Iterator[None]:
+        """Encode with each LoRA's text-encoder deltas (naming tower modules: Linear layers, packed attentions with
+        a row range, ``text_projection``), times its weight, inside the ``with`` block; the tower's weights are never
+        written. Raises ValueError when a delta does not fit (:meth:`check_lora`)."""
+        self.check_lora([d for deltas, _ in loras for d in deltas])
+        projection = self.tower.text_projection
+        terms = tuple(lora_terms(d, w, projection) for deltas, w in loras for d in deltas if self._on_projection(d))
+        with apply_loras(self.tower, [([d for d in ds if not self._on_projection(d)], w) for ds, w in loras]):
+            self._projection_lora = terms
+            try:
+                yield
+            finally:
+                self._projection_lora = ()
 
 
 # ---------------------------------------------------------------------------------------------

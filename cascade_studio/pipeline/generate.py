@@ -221,11 +221,13 @@ class Pipeline:
         loras = self.loras(request)
 
         with m.using("text_encoder") as (text_encoder,):
-            # A reference LoRA's learned tokens: added for this encoding only (the encoder's weights are not written).
+            # A reference LoRA's learned tokens and a kohya-layout LoRA's text-encoder part: for this encoding only
+            # (the encoder's weights are not written). Both stages are conditioned on it, as in ComfyUI.
             tokens = token_overrides([f for f, _ in loras], text_encoder)
-            (text_c, text_u), (pooled_c, pooled_u) = (
-                t.chunk(2) for t in text_encoder.encode([prompt, request.negative_prompt], tokens)
-            )
+            with text_encoder.applying([(f.text_deltas(text_encoder), w) for f, w in loras]):
+                (text_c, text_u), (pooled_c, pooled_u) = (
+                    t.chunk(2) for t in text_encoder.encode([prompt, request.negative_prompt], tokens)
+                )
         text_c, text_u = text_c.to(dtype).expand(batch, -1, -1), text_u.to(dtype).expand(batch, -1, -1)
         pooled_c, pooled_u = pooled_c.to(dtype).expand(batch, -1, -1), pooled_u.to(dtype).expand(batch, -1, -1)
         img_c = torch.zeros(batch, 1, m.c_clip_img, device=self.device, dtype=dtype)

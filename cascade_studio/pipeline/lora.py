@@ -13,9 +13,13 @@ Two layouts are read:
   Cascade): module paths are the reference Stage C names, with each attention's q, k and v as separate
   ``…attention_attn_to_q`` / ``to_k`` / ``to_v`` (ComfyUI's split attention) mapped onto the thirds of our packed
   ``in_proj_weight``, and any Linear layer (``out_proj``, ``kv_mapper_1``, ``channelwise_0`` …) as itself.
-  Scale ``alpha / rank`` (1 when no alpha).
+  Scale ``alpha / rank`` (1 when no alpha). OneTrainer writes its Stable Cascade LoRAs in this layout too.
+  A text-encoder part (``lora_prior_te_…``, also ``lora_te_…``: transformers' ``CLIPTextModelWithProjection``
+  module paths, ``text_model_encoder_layers_<i>_self_attn_q_proj`` / ``k`` / ``v`` / ``out_proj``, ``mlp_fc1`` /
+  ``mlp_fc2``, ``text_projection``, as ComfyUI maps them onto CLIP-G) applies to the text encoder for the job
+  (:meth:`LoraFile.text_deltas`, :meth:`TextEncoder.applying`), with the same weight as the Stage C part.
 
-Anything else (pickle files, other models' keys, text-encoder LoRA parts, wrong shapes) is refused with a
+Anything else (pickle files, other models' keys, LoHa/LoKr/DoRA files, wrong shapes) is refused with a
 :class:`LoraError` naming the file and the problem.
 
 Learned tokens (reference layout, spec §12). The trainer's ``train_tokens`` config, e.g.
@@ -54,7 +58,15 @@ from .conditioning import VOCAB_SIZE, TextEncoder, TokenOverrides
 
 log = logging.getLogger(__name__)
 
-_KOHYA = re.compile(r"^(lora_prior_unet_|lora_unet_)(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_KOHYA = re.compile(
+    r"^(lora_prior_unet_|lora_unet_|lora_prior_te_|lora_te_)(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+)
+_TEXT_PREFIXES = ("lora_prior_te_", "lora_te_")
+#: a text-encoder LoRA's layer parts (transformers' CLIP names, "." as "_") -> the text tower's open_clip names
+_TEXT_LAYER = re.compile(r"text_model_encoder_layers_(\d+)_(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc1|mlp_fc2)")
+_TEXT_LINEARS = {"self_attn_out_proj": "attn.out_proj", "mlp_fc1": "mlp.c_fc", "mlp_fc2": "mlp.c_proj"}
+#: keys of LoRA variants that are not plain low-rank products (LyCORIS LoHa / LoKr, DoRA)
+_OTHER_KINDS = re.compile(r"\.(hada_w\d_[ab]|lokr_w\d(_[ab])?|dora_scale|lora_mid\.weight)$")
 _REFERENCE = re.compile(r"^weights\.(\d+)\.(lora_down|lora_up)$")
 _NAMING_HELP = (
     'a train_tokens metadata entry or a {stem}.json next to the file holding {{"train_tokens": '
@@ -108,6 +120,11 @@ class LoraFile:
             '{"train_tokens": [["[token]", "^init regex"], …]} as in the training config (see docs/formats.md)'
         )
 
+    @property
+    def has_text_part(self) -> bool:
+        """Whether the file changes the text encoder (kohya layout ``lora_prior_te_…`` / ``lora_te_…`` keys)."""
+        return self.layout == "kohya" and any(k.startswith(_TEXT_PREFIXES) for k in self.tensors)
+
     def deltas(self, network: nn.Module) -> list[LoraDelta]:
         """The deltas for ``network`` (a Stage C); raises :class:`LoraError` when the file does not fit it."""
         try:
@@ -116,6 +133,40 @@ class LoraFile:
         except (ValueError, KeyError) as exc:
             raise LoraError(f"LoRA {self.path}: {exc}") from None
         return deltas
+
+    def text_deltas(self, encoder: TextEncoder) -> list[LoraDelta]:
+        """The deltas of the file's text-encoder part for ``encoder`` (none when it has no such part); raises
+        :class:`LoraError` when they do not fit it."""
+        if not self.has_text_part:
+            return []
+        tower = encoder.tower
+        blocks = len(tower.transformer.resblocks)
+        lookup: dict[str, tuple[str, tuple[int, int] | None]] = {"text_projection": ("text_projection", None)}
+        for i in range(blocks):
+            block = f"transformer.resblocks.{i}"
+            width = tower.transformer.resblocks[i].attn.in_proj_weight.shape[1]
+            for j, part in enumerate("qkv"):
+                lookup[f"text_model_encoder_layers_{i}_self_attn_{part}_proj"] = (
+                    f"{block}.attn",
+                    (j * width, (j + 1) * width),
+                )
+            for part, name in _TEXT_LINEARS.items():
+                lookup[f"text_model_encoder_layers_{i}_{part}"] = (f"{block}.{name}", None)
+        try:
+            deltas = _kohya_deltas(self._groups(text=True), lookup, f"this {blocks}-layer text encoder")
+            encoder.check_lora(deltas)
+        except (ValueError, KeyError) as exc:
+            raise LoraError(f"LoRA {self.path}: text encoder part: {exc} (a LoRA for another model?)") from None
+        return deltas
+
+    def _groups(self, text: bool) -> dict[str, dict[str, torch.Tensor]]:
+        """The kohya-layout tensors by module (prefix removed), of the text-encoder part or of the Stage C part."""
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in self.tensors.items():
+            m = _KOHYA.match(key)
+            if (m.group(1) in _TEXT_PREFIXES) == text:
+                groups.setdefault(m.group(2), {})[m.group(3)] = tensor
+        return groups
 
     def _reference(self, network: nn.Module) -> list[LoraDelta]:
         slots = reference_slots(network)
@@ -143,26 +194,28 @@ class LoraFile:
                 for j, part in enumerate(("to_q", "to_k", "to_v")):
                     lookup[f"{flat}_{part}"] = (name, (j * c, (j + 1) * c))
                 lookup[f"{flat}_in_proj"] = (name, (0, 3 * c))
-        groups: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in self.tensors.items():
-            m = _KOHYA.match(key)
-            groups.setdefault(m.group(2), {})[m.group(3)] = tensor
-        out = []
-        for flat, parts in sorted(groups.items()):
-            if flat not in lookup:
-                raise ValueError(
-                    f"{flat} names no Linear layer or attention of this Stage C (a LoRA for another model?)"
-                )
-            if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
-                raise ValueError(f"{flat} lacks its lora_down or lora_up weight")
-            down, up = parts["lora_down.weight"], parts["lora_up.weight"]
-            if down.ndim == 4 and down.shape[2:] == (1, 1) and up.ndim == 4 and up.shape[2:] == (1, 1):
-                down, up = down.flatten(1), up.flatten(1)
-            rank = down.shape[0]
-            alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
-            module, rows = lookup[flat]
-            out.append(LoraDelta(module, down, up, alpha / rank, rows))
-        return out
+        return _kohya_deltas(self._groups(text=False), lookup, "this Stage C")
+
+
+def _kohya_deltas(
+    groups: dict[str, dict[str, torch.Tensor]], lookup: dict[str, tuple[str, tuple[int, int] | None]], network: str
+) -> list[LoraDelta]:
+    """kohya-layout tensors grouped by module (:meth:`LoraFile._groups`) as deltas on the modules ``lookup`` names
+    (module -> (qualified name, rows of a packed attention or None)); scale ``alpha / rank``, 1 without alpha."""
+    out = []
+    for flat, parts in sorted(groups.items()):
+        if flat not in lookup:
+            raise ValueError(f"{flat} names no Linear layer or attention of {network} (a LoRA for another model?)")
+        if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
+            raise ValueError(f"{flat} lacks its lora_down or lora_up weight")
+        down, up = parts["lora_down.weight"], parts["lora_up.weight"]
+        if down.ndim == 4 and down.shape[2:] == (1, 1) and up.ndim == 4 and up.shape[2:] == (1, 1):
+            down, up = down.flatten(1), up.flatten(1)
+        rank = down.shape[0]
+        alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
+        module, rows = lookup[flat]
+        out.append(LoraDelta(module, down, up, alpha / rank, rows))
+    return out
 
 
 def reference_slots(network: nn.Module) -> list[tuple[str, tuple[int, int] | None]]:
@@ -249,11 +302,17 @@ def read_lora(path: str | Path) -> LoraFile:
     elif all(_KOHYA.match(k) for k in keys):
         layout = "kohya"
     else:
+        other = sorted(k for k in keys if _OTHER_KINDS.search(k))[:2]
+        if other:
+            raise LoraError(
+                f"LoRA {path}: a LyCORIS (LoHa/LoKr) or DoRA file (keys such as {', '.join(other)}); only plain "
+                "LoRA (lora_down/lora_up) files are read"
+            )
         odd = sorted(k for k in keys if not (_REFERENCE.match(k) or _KOHYA.match(k)))[:3]
         raise LoraError(
             f"LoRA {path}: unknown key layout (e.g. {', '.join(odd)}); read are the reference Stable Cascade layout "
-            "(weights.<i>.lora_down/lora_up) and the kohya/ComfyUI layout (lora_prior_unet_….lora_down.weight); "
-            "text-encoder LoRA parts (lora_te…) are not supported"
+            "(weights.<i>.lora_down/lora_up) and the kohya/ComfyUI/OneTrainer layout "
+            "(lora_prior_unet_….lora_down.weight, text encoder lora_prior_te_…)"
         )
     return _checked_floats(LoraFile(path, layout, tensors, metadata, names, source))
 

@@ -156,6 +156,8 @@ class LoraRow(QWidget):
                 lines.append("Trigger words: " + ", ".join(info.trigger_words))
             if info.tags:
                 lines.append("Training tags, most frequent first: " + ", ".join(info.tags))
+            if info.changes:
+                lines.append("Changes: " + ", ".join(info.changes))
         self.label.setToolTip("\n".join(lines))
         self.words_menu.clear()
         words = info.words if isinstance(info, LoraInfo) else ()
