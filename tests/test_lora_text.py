@@ -143,7 +143,9 @@ def test_text_parts_that_do_not_fit_are_refused_naming_the_file(tmp_path, hf_and
         read_lora(path).text_deltas(encoder)
     bad_projection = {"text_projection": (PROJ + 1, WIDTH)}
     path = write(tmp_path / "proj.safetensors", text_lora_tensors(bad_projection)[0])
-    with pytest.raises(LoraError, match=r"proj\.safetensors: text encoder part: text_projection: .*do not fit"):
+    with pytest.raises(
+        LoraError, match=r"proj\.safetensors: text encoder part: lora_prior_te_text_projection .*do not fit"
+    ):
         read_lora(path).text_deltas(encoder)
     half = {"lora_prior_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, WIDTH)}
     with pytest.raises(LoraError, match=r"half\.safetensors: .*mlp_fc1 lacks its lora_down or lora_up"):

@@ -40,6 +40,12 @@ class LoraDelta:
     up: torch.Tensor  # (out, rank)
     scale: float
     rows: tuple[int, int] | None = None
+    source: str = ""  # what the file calls it (``weights.3``, ``lora_prior_unet_…_to_q``), for messages
+
+    @property
+    def label(self) -> str:
+        """The delta's name in messages: the file's name for it and the module it targets."""
+        return f"{self.source} (on {self.module})" if self.source else self.module
 
 
 class AppliedLoras:
@@ -75,21 +81,21 @@ def check_deltas(network: nn.Module, deltas: Iterable[LoraDelta]) -> None:
     for d in deltas:
         module = targets.get(d.module)
         if module is None:
-            raise ValueError(f"{d.module} is not a Linear layer or attention of this network")
+            raise ValueError(f"{d.label} is not a Linear layer or attention of this network")
         if isinstance(module, PACKED_ATTENTION):
             if d.rows is None:
-                raise ValueError(f"{d.module} is a packed attention: the delta needs a row range")
+                raise ValueError(f"{d.label} is a packed attention: the delta needs a row range")
             out, inp = d.rows[1] - d.rows[0], module.in_proj_weight.shape[1]
             if d.rows[0] < 0 or d.rows[1] > module.in_proj_weight.shape[0]:
-                raise ValueError(f"{d.module}: rows {d.rows} are outside in_proj_weight")
+                raise ValueError(f"{d.label}: rows {d.rows} are outside in_proj_weight")
         else:
             if d.rows is not None:
-                raise ValueError(f"{d.module} is a Linear layer: a row range applies to a packed attention only")
+                raise ValueError(f"{d.label} is a Linear layer: a row range applies to a packed attention only")
             out, inp = module.out_features, module.in_features
         rank = d.down.shape[0]
         if d.down.ndim != 2 or d.up.ndim != 2 or d.down.shape != (rank, inp) or d.up.shape != (out, rank):
             raise ValueError(
-                f"{d.module}: LoRA shapes down {tuple(d.down.shape)} / up {tuple(d.up.shape)} do not fit a "
+                f"{d.label}: LoRA shapes down {tuple(d.down.shape)} / up {tuple(d.up.shape)} do not fit a "
                 f"({out} × {inp}) weight (expected down (rank, {inp}) and up ({out}, rank))"
             )
 

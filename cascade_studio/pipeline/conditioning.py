@@ -687,7 +687,7 @@ class TextEncoder(nn.Module):
             out, inp, rank = projection.shape[1], projection.shape[0], d.down.shape[0]
             if d.rows is not None or d.down.shape != (rank, inp) or d.up.shape != (out, rank):
                 raise ValueError(
-                    f"text_projection: LoRA shapes down {tuple(d.down.shape)} / up {tuple(d.up.shape)} do not fit a "
+                    f"{d.label}: LoRA shapes down {tuple(d.down.shape)} / up {tuple(d.up.shape)} do not fit a "
                     f"({out} × {inp}) projection (expected down (rank, {inp}) and up ({out}, rank))"
                 )
 

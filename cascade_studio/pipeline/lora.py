@@ -159,13 +159,13 @@ class LoraFile:
             raise LoraError(f"LoRA {self.path}: text encoder part: {exc} (a LoRA for another model?)") from None
         return deltas
 
-    def _groups(self, text: bool) -> dict[str, dict[str, torch.Tensor]]:
-        """The kohya-layout tensors by module (prefix removed), of the text-encoder part or of the Stage C part."""
-        groups: dict[str, dict[str, torch.Tensor]] = {}
+    def _groups(self, text: bool) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
+        """The kohya-layout tensors by (prefix, module), of the text-encoder part or of the Stage C part."""
+        groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         for key, tensor in self.tensors.items():
             m = _KOHYA.match(key)
             if (m.group(1) in _TEXT_PREFIXES) == text:
-                groups.setdefault(m.group(2), {})[m.group(3)] = tensor
+                groups.setdefault((m.group(1), m.group(2)), {})[m.group(3)] = tensor
         return groups
 
     def _reference(self, network: nn.Module) -> list[LoraDelta]:
@@ -180,7 +180,7 @@ class LoraFile:
         out = []
         for i, (module, rows) in enumerate(slots):
             down, up = self.tensors[f"weights.{i}.lora_down"], self.tensors[f"weights.{i}.lora_up"]
-            out.append(LoraDelta(module, down, up, alpha / down.shape[0], rows))
+            out.append(LoraDelta(module, down, up, alpha / down.shape[0], rows, f"weights.{i}"))
         return out
 
     def _kohya(self, network: nn.Module) -> list[LoraDelta]:
@@ -198,23 +198,26 @@ class LoraFile:
 
 
 def _kohya_deltas(
-    groups: dict[str, dict[str, torch.Tensor]], lookup: dict[str, tuple[str, tuple[int, int] | None]], network: str
+    groups: dict[tuple[str, str], dict[str, torch.Tensor]],
+    lookup: dict[str, tuple[str, tuple[int, int] | None]],
+    network: str,
 ) -> list[LoraDelta]:
     """kohya-layout tensors grouped by module (:meth:`LoraFile._groups`) as deltas on the modules ``lookup`` names
     (module -> (qualified name, rows of a packed attention or None)); scale ``alpha / rank``, 1 without alpha."""
     out = []
-    for flat, parts in sorted(groups.items()):
+    for (prefix, flat), parts in sorted(groups.items()):
+        stem = prefix + flat
         if flat not in lookup:
-            raise ValueError(f"{flat} names no Linear layer or attention of {network} (a LoRA for another model?)")
+            raise ValueError(f"{stem} names no Linear layer or attention of {network} (a LoRA for another model?)")
         if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
-            raise ValueError(f"{flat} lacks its lora_down or lora_up weight")
+            raise ValueError(f"{stem} lacks its lora_down or lora_up weight")
         down, up = parts["lora_down.weight"], parts["lora_up.weight"]
         if down.ndim == 4 and down.shape[2:] == (1, 1) and up.ndim == 4 and up.shape[2:] == (1, 1):
             down, up = down.flatten(1), up.flatten(1)
         rank = down.shape[0]
         alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
         module, rows = lookup[flat]
-        out.append(LoraDelta(module, down, up, alpha / rank, rows))
+        out.append(LoraDelta(module, down, up, alpha / rank, rows, stem))
     return out
 
 
