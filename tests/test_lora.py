@@ -178,9 +178,16 @@ def test_keys_for_another_network_are_refused(tmp_path, net):
     }
     with pytest.raises(LoraError, match=r"sdxl\.safetensors.*input_blocks_4_1_proj_in names no .* another model"):
         read_lora(write(tmp_path / "sdxl.safetensors", sdxl)).deltas(net)
-    diffusers = {"unet.down_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 32)}
-    with pytest.raises(LoraError, match=r"diffusers\.safetensors: unknown key layout"):
-        read_lora(write(tmp_path / "diffusers.safetensors", diffusers))
+    sdxl_diffusers = {
+        "unet.down_blocks.1.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32),
+        "unet.down_blocks.1.attentions.0.proj_in.lora_B.weight": torch.zeros(32, 4),
+    }
+    lora = read_lora(write(tmp_path / "diffusers.safetensors", sdxl_diffusers))
+    with pytest.raises(LoraError, match=r"diffusers\.safetensors: unet\.down_blocks\.1\.attentions.* another model"):
+        lora.deltas(net)
+    odd = {"model.diffusion_model.input_blocks.1.1.proj_in.weight": torch.zeros(4, 4)}
+    with pytest.raises(LoraError, match=r"odd\.safetensors: unknown key layout"):
+        read_lora(write(tmp_path / "odd.safetensors", odd))
 
 
 def test_pickle_and_garbage_files_are_refused(tmp_path):

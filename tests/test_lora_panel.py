@@ -246,6 +246,13 @@ def test_lora_info_reads_trigger_words_tags_and_title_from_the_header(tmp_path):
         {f"{te}.lora_down.weight": np.zeros((1, 4), np.float32), f"{unet}.alpha": np.ones((), np.float32)}, str(both)
     )
     assert read_lora_info(both).changes == ("Stage C", "text encoder")
+    peft = tmp_path / "peft.safetensors"
+    save_file(
+        {"text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight": np.zeros((1, 4), np.float32)}, str(peft)
+    )
+    assert read_lora_info(peft).changes == ("text encoder",)
+    simpletuner = _lora_with_metadata(tmp_path, "st", {"trained_words": "zxq cat, a painting by zxq"})
+    assert read_lora_info(simpletuner).trigger_words == ("zxq cat", "a painting by zxq")
     plain.with_suffix(".json").write_text(json.dumps({"train_tokens": [["<sks>", None]]}))
     assert read_lora_info(plain).trigger_words == ("<sks>",)  # named in the sidecar, as the engine reads them
     garbage = tmp_path / "garbage.safetensors"

@@ -1,14 +1,15 @@
 """What a LoRA file says about itself, read from its safetensors header without torch: the words that call it up.
 
 * **Trigger words** the trainer recorded: Stability's model-spec entry ``modelspec.trigger_phrase`` (kohya's
-  sd-scripts write it from ``--metadata_trigger_phrase``; comma-separated), and a reference-format LoRA's added
+  sd-scripts write it from ``--metadata_trigger_phrase``; comma-separated), SimpleTuner's ``trained_words`` (its
+  instance prompts, comma-separated), and a reference-format LoRA's added
   tokens (``[fernando]``), named by its ``train_tokens`` metadata or the sidecar ``<stem>.json``: their learned
   embeddings apply only where the prompt contains them.
 * **Training tags**: kohya's ``ss_tag_frequency`` (``{dataset folder: {caption tag: count}}``), most frequent
   first; a style or character LoRA's activation word is usually among the first.
 * A **title**: ``modelspec.title``, else kohya's ``ss_output_name``.
-* What it **changes**, from its tensor names: Stage C, the text encoder (a kohya/OneTrainer ``lora_prior_te_…``
-  part), learned tokens (a reference LoRA's ``embeddings.*``).
+* What it **changes**, from its tensor names: Stage C, the text encoder (a kohya/OneTrainer ``lora_prior_te_…`` or
+  a diffusers ``text_encoder.…`` part), learned tokens (a reference LoRA's ``embeddings.*``).
 
 Nothing here fails on a file without metadata; a file that is not a safetensors file raises ValueError naming it.
 """
@@ -52,8 +53,8 @@ def sidecar_path(path: Path) -> Path:
 
 #: what a LoRA's tensors change, told by their names' prefixes (the layouts pipeline/lora.py reads)
 CHANGES = {
-    "Stage C": ("weights.", "lora_prior_unet_", "lora_unet_"),
-    "text encoder": ("lora_prior_te_", "lora_te_"),
+    "Stage C": ("weights.", "lora_prior_unet_", "lora_unet_", "prior.", "unet.", "transformer."),
+    "text encoder": ("lora_prior_te_", "lora_te_", "text_encoder.", "text_model."),
     "learned tokens": ("embeddings.",),
 }
 
@@ -119,9 +120,8 @@ def read_lora_info(path: str | Path) -> LoraInfo:
     path = Path(path)
     metadata, names = _read_header(path)
     triggers: list[str] = []
-    for word in metadata.get("modelspec.trigger_phrase", "").split(","):
-        if word.strip():
-            triggers.append(word.strip())
+    for entry in ("modelspec.trigger_phrase", "trained_words"):  # kohya's; SimpleTuner's (its instance prompts)
+        triggers += [word.strip() for word in metadata.get(entry, "").split(",") if word.strip()]
     triggers += _new_tokens(_json(metadata.get(TRAIN_TOKENS, "")))
     sidecar = sidecar_path(path)
     if sidecar.is_file():

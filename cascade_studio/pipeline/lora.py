@@ -1,6 +1,6 @@
 """Stage C LoRA files: find them, read them (safetensors only), check they fit, turn them into deltas.
 
-Two layouts are read:
+Three layouts are read:
 
 * **reference** (Stability AI ``modules/lora.py`` / ``train/train_c_lora.py``, spec §12): ``weights.<i>.lora_down``
   (rank × in) and ``weights.<i>.lora_up`` (out × rank), the i-th entry following Stage C's module order over the
@@ -18,6 +18,14 @@ Two layouts are read:
   module paths, ``text_model_encoder_layers_<i>_self_attn_q_proj`` / ``k`` / ``v`` / ``out_proj``, ``mlp_fc1`` /
   ``mlp_fc2``, ``text_projection``, as ComfyUI maps them onto CLIP-G) applies to the text encoder for the job
   (:meth:`LoraFile.text_deltas`, :meth:`TextEncoder.applying`), with the same weight as the Stage C part.
+* **diffusers / PEFT** (what diffusers' ``save_lora_weights`` writes for a PEFT-trained ``StableCascadeUNet``, e.g.
+  SimpleTuner's Stage C LoRAs): ``<prefix>.<module path>.lora_A.weight`` / ``.lora_B.weight`` (also diffusers'
+  older ``lora.down`` / ``lora.up`` and ``lora_linear_layer.down`` / ``.up``), prefix ``prior`` / ``unet`` /
+  ``transformer`` (or none) for Stage C in diffusers' module names (``attention.to_q`` / ``to_k`` / ``to_v`` onto
+  the packed thirds, ``attention.to_out.0`` as ``out_proj``, every other Linear as itself), ``text_encoder`` for
+  the text encoder in transformers' names. Scale ``lora_alpha / rank`` from the ``lora_adapter_metadata`` entry
+  (its ``alpha_pattern`` and ``use_rslora`` honoured), else from an ``alpha`` tensor, else 1 (alpha = rank, as
+  diffusers assumes).
 
 Anything else (pickle files, other models' keys, LoHa/LoKr/DoRA files, wrong shapes) is refused with a
 :class:`LoraError` naming the file and the problem.
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,10 +72,18 @@ _KOHYA = re.compile(
 )
 _TEXT_PREFIXES = ("lora_prior_te_", "lora_te_")
 #: a text-encoder LoRA's layer parts (transformers' CLIP names, "." as "_") -> the text tower's open_clip names
-_TEXT_LAYER = re.compile(r"text_model_encoder_layers_(\d+)_(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc1|mlp_fc2)")
 _TEXT_LINEARS = {"self_attn_out_proj": "attn.out_proj", "mlp_fc1": "mlp.c_fc", "mlp_fc2": "mlp.c_proj"}
 #: keys of LoRA variants that are not plain low-rank products (LyCORIS LoHa / LoKr, DoRA)
-_OTHER_KINDS = re.compile(r"\.(hada_w\d_[ab]|lokr_w\d(_[ab])?|dora_scale|lora_mid\.weight)$")
+_OTHER_KINDS = re.compile(r"\.(hada_w\d_[ab]|lokr_w\d(_[ab])?|dora_scale|lora_mid\.weight|lora_magnitude_vector)$")
+#: diffusers / PEFT keys: module path, then which factor (PEFT's names and diffusers' older ones)
+_PEFT = re.compile(r"^(.+)\.(lora_A\.weight|lora_B\.weight|lora\.down\.weight|lora\.up\.weight|"
+                   r"lora_linear_layer\.down\.weight|lora_linear_layer\.up\.weight|alpha)$")  # fmt: skip
+_PEFT_PARTS = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "lora.down": "lora_down.weight",
+               "lora.up": "lora_up.weight", "lora_linear_layer.down": "lora_down.weight",
+               "lora_linear_layer.up": "lora_up.weight", "alpha": "alpha"}  # fmt: skip
+_PEFT_STAGE_C = ("prior", "unet", "transformer")
+#: diffusers' StableCascadeUNet attention names -> the reference's (the kohya lookup's), at the end of a module path
+_DIFFUSERS_ATTENTION = re.compile(r"\.attention\.(to_q|to_k|to_v|to_out\.0)$")
 _REFERENCE = re.compile(r"^weights\.(\d+)\.(lora_down|lora_up)$")
 _NAMING_HELP = (
     'a train_tokens metadata entry or a {stem}.json next to the file holding {{"train_tokens": '
@@ -81,7 +98,7 @@ class LoraError(ValueError):
 @dataclass
 class LoraFile:
     path: Path
-    layout: str  # "reference" or "kohya"
+    layout: str  # "reference", "kohya" or "diffusers"
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
     #: the trainer's ``train_tokens`` (token, init regex or None) pairs, if the file's tokens are named
@@ -122,8 +139,8 @@ class LoraFile:
 
     @property
     def has_text_part(self) -> bool:
-        """Whether the file changes the text encoder (kohya layout ``lora_prior_te_…`` / ``lora_te_…`` keys)."""
-        return self.layout == "kohya" and any(k.startswith(_TEXT_PREFIXES) for k in self.tensors)
+        """Whether the file changes the text encoder (``lora_prior_te_…`` / ``lora_te_…`` / ``text_encoder.…``)."""
+        return self.layout != "reference" and bool(self._groups(text=True))
 
     def deltas(self, network: nn.Module) -> list[LoraDelta]:
         """The deltas for ``network`` (a Stage C); raises :class:`LoraError` when the file does not fit it."""
@@ -160,12 +177,27 @@ class LoraFile:
         return deltas
 
     def _groups(self, text: bool) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
-        """The kohya-layout tensors by (prefix, module), of the text-encoder part or of the Stage C part."""
+        """The tensors of the text-encoder part or of the Stage C part by module: (the file's name for it, its
+        kohya name without prefix) -> {"lora_down.weight", "lora_up.weight", "alpha"}. A diffusers/PEFT file's
+        scale is turned into an ``alpha`` (scale × rank) here."""
         groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        if self.layout == "kohya":
+            for key, tensor in self.tensors.items():
+                m = _KOHYA.match(key)
+                if (m.group(1) in _TEXT_PREFIXES) == text:
+                    groups.setdefault((m.group(1) + m.group(2), m.group(2)), {})[m.group(3)] = tensor
+            return groups
         for key, tensor in self.tensors.items():
-            m = _KOHYA.match(key)
-            if (m.group(1) in _TEXT_PREFIXES) == text:
-                groups.setdefault((m.group(1), m.group(2)), {})[m.group(3)] = tensor
+            path, part = _PEFT.match(key).groups()
+            prefix, inner = _peft_split(path)
+            if (prefix == "text_encoder") == text:
+                groups.setdefault((path, _peft_flat(inner)), {})[_PEFT_PARTS[part.removesuffix(".weight")]] = tensor
+        configs = _peft_configs(self.metadata)
+        for (path, _), parts in groups.items():
+            if "alpha" not in parts and "lora_down.weight" in parts:
+                prefix, inner = _peft_split(path)
+                rank = parts["lora_down.weight"].shape[0]
+                parts["alpha"] = torch.tensor(_peft_scale(configs.get(prefix, {}), inner, rank) * rank)
         return groups
 
     def _reference(self, network: nn.Module) -> list[LoraDelta]:
@@ -205,8 +237,7 @@ def _kohya_deltas(
     """kohya-layout tensors grouped by module (:meth:`LoraFile._groups`) as deltas on the modules ``lookup`` names
     (module -> (qualified name, rows of a packed attention or None)); scale ``alpha / rank``, 1 without alpha."""
     out = []
-    for (prefix, flat), parts in sorted(groups.items()):
-        stem = prefix + flat
+    for (stem, flat), parts in sorted(groups.items()):
         if flat not in lookup:
             raise ValueError(f"{stem} names no Linear layer or attention of {network} (a LoRA for another model?)")
         if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
@@ -219,6 +250,56 @@ def _kohya_deltas(
         module, rows = lookup[flat]
         out.append(LoraDelta(module, down, up, alpha / rank, rows, stem))
     return out
+
+
+def _peft_split(path: str) -> tuple[str, str]:
+    """A diffusers/PEFT module path as (prefix, path inside the model): ``prior`` / ``unet`` / ``transformer`` / ""
+    for Stage C, ``text_encoder`` for the text encoder (also for an unprefixed ``text_model.…`` path)."""
+    head, _, rest = path.partition(".")
+    prefix, inner = (head, rest) if head in (*_PEFT_STAGE_C, "text_encoder") and rest else ("", path)
+    inner = inner.removeprefix("base_model.model.")
+    if not prefix and (inner.startswith("text_model.") or inner == "text_projection"):
+        prefix = "text_encoder"
+    return prefix, inner
+
+
+def _peft_flat(inner: str) -> str:
+    """A diffusers module path in the kohya lookup's flat form, diffusers' split attention names turned into the
+    reference's: ``attention.to_q`` -> ``attention_attn_to_q``, ``attention.to_out.0`` -> ``…_attn_out_proj``."""
+    inner = _DIFFUSERS_ATTENTION.sub(lambda m: ".attention.attn." + ("out_proj" if m[1] == "to_out.0" else m[1]), inner)
+    return inner.replace(".", "_")
+
+
+def _peft_configs(metadata: dict[str, str]) -> dict[str, dict]:
+    """diffusers' ``lora_adapter_metadata`` (PEFT ``LoraConfig`` fields as ``<prefix>.<field>``) by prefix; empty
+    when absent. Raises ValueError for a config that is not JSON or asks for DoRA."""
+    text = metadata.get("lora_adapter_metadata")
+    if not text:
+        return {}
+    try:
+        flat = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"its lora_adapter_metadata is not JSON ({exc})") from None
+    configs: dict[str, dict] = {}
+    for key, value in flat.items() if isinstance(flat, dict) else ():
+        prefix, _, field_name = key.rpartition(".")
+        configs.setdefault(prefix, {})[field_name] = value
+    if any(c.get("use_dora") for c in configs.values()):
+        raise ValueError("a DoRA LoRA (use_dora in its lora_adapter_metadata); only plain LoRA files are read")
+    return configs
+
+
+def _peft_scale(config: dict, inner: str, rank: int) -> float:
+    """PEFT's scale for the module at ``inner``: ``lora_alpha / rank`` (``/ sqrt(rank)`` with ``use_rslora``), alpha
+    from the first ``alpha_pattern`` entry whose pattern ends the module path; 1 without a config."""
+    if not config:
+        return 1.0
+    alpha = float(config.get("lora_alpha", rank))
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.fullmatch(rf"(.*\.)?(?:{pattern})", inner):
+            alpha = float(value)
+            break
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
 def reference_slots(network: nn.Module) -> list[tuple[str, tuple[int, int] | None]]:
@@ -304,6 +385,12 @@ def read_lora(path: str | Path) -> LoraFile:
             names, source = _check_tokens(path, idx.tolist(), metadata)
     elif all(_KOHYA.match(k) for k in keys):
         layout = "kohya"
+    elif all(_PEFT.match(k) for k in keys) and not any(_OTHER_KINDS.search(k) for k in keys):
+        layout = "diffusers"
+        try:
+            _peft_configs(metadata)
+        except ValueError as exc:
+            raise LoraError(f"LoRA {path}: {exc}") from None
     else:
         other = sorted(k for k in keys if _OTHER_KINDS.search(k))[:2]
         if other:
@@ -314,8 +401,9 @@ def read_lora(path: str | Path) -> LoraFile:
         odd = sorted(k for k in keys if not (_REFERENCE.match(k) or _KOHYA.match(k)))[:3]
         raise LoraError(
             f"LoRA {path}: unknown key layout (e.g. {', '.join(odd)}); read are the reference Stable Cascade layout "
-            "(weights.<i>.lora_down/lora_up) and the kohya/ComfyUI/OneTrainer layout "
-            "(lora_prior_unet_….lora_down.weight, text encoder lora_prior_te_…)"
+            "(weights.<i>.lora_down/lora_up), the kohya/ComfyUI/OneTrainer layout "
+            "(lora_prior_unet_….lora_down.weight, text encoder lora_prior_te_…) and the diffusers/PEFT layout "
+            "(prior.<module>.lora_A.weight)"
         )
     return _checked_floats(LoraFile(path, layout, tensors, metadata, names, source))
 
