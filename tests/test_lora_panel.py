@@ -253,6 +253,11 @@ def test_lora_info_reads_trigger_words_tags_and_title_from_the_header(tmp_path):
     assert read_lora_info(peft).changes == ("text encoder",)
     simpletuner = _lora_with_metadata(tmp_path, "st", {"trained_words": "zxq cat, a painting by zxq"})
     assert read_lora_info(simpletuner).trigger_words == ("zxq cat", "a painting by zxq")
+    bundled = tmp_path / "bundled.safetensors"
+    save_file({"bundle_emb.<zxq>.clip_g": np.zeros((2, 4), np.float32)}, str(bundled))
+    assert read_lora_info(bundled).trigger_words == ("<zxq>",) and read_lora_info(bundled).changes == (
+        "learned tokens",
+    )
     plain.with_suffix(".json").write_text(json.dumps({"train_tokens": [["<sks>", None]]}))
     assert read_lora_info(plain).trigger_words == ("<sks>",)  # named in the sidecar, as the engine reads them
     garbage = tmp_path / "garbage.safetensors"

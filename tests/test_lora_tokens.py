@@ -207,3 +207,81 @@ def test_pipeline_applies_named_tokens_for_the_job(tmp_path, demo_models):
     assert not np.array_equal(run(named), run(anon))  # the token changes the conditioning
     assert np.array_equal(run(named, "a lighthouse"), run(anon, "a lighthouse"))  # only the token's row differs
     assert pipeline.models.get("text_encoder").vocab_size == VOCAB_SIZE
+
+
+# ---------------------------------------------------------------------------------------------
+# bundled textual-inversion embeddings (OneTrainer's bundle_emb.<name>.clip_g)
+
+
+def write_bundle(path, bundles, extra=None):
+    tensors = {f"bundle_emb.{name}.{encoder}": v for (name, encoder), v in bundles.items()}
+    tensors.update(extra or {})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def plain_ids(encoder, text):
+    row = encoder.tokenize(text)[0].tolist()
+    return row[1 : row.index(encoder.eot_token_id, 1)]
+
+
+def test_bundled_embeddings_stand_for_their_vectors_where_the_prompt_names_them(tmp_path, encoder):
+    g = torch.Generator().manual_seed(6)
+    zxq, style = torch.randn(3, WIDTH, generator=g), torch.randn(1, WIDTH, generator=g)
+    kohya = {  # a Stage C part beside the embeddings, as OneTrainer writes them
+        "lora_prior_unet_down_blocks_0_2_attention_attn_to_q.lora_down.weight": torch.randn(2, 32, generator=g),
+        "lora_prior_unet_down_blocks_0_2_attention_attn_to_q.lora_up.weight": torch.randn(32, 2, generator=g),
+    }
+    bundles = {("<zxq>", "clip_g"): zxq, ("ohwx style", "clip_g"): style}
+    bundles |= {("<zxq>", "clip_g_out"): zxq.clone(), ("old", "clip_l"): torch.randn(2, 768, generator=g)}
+    lora = read_lora(write_bundle(tmp_path / "onetrainer.safetensors", bundles, kohya))
+    assert lora.layout == "kohya" and set(lora.bundles) == {"<zxq>", "ohwx style"}
+    assert lora.bundles_skipped == ("<zxq>.clip_g_out", "old.clip_l")
+    assert "<zxq>.clip_g_out, old.clip_l" in lora.token_warning
+    assert [d.module for d in lora.deltas(tiny_stage_c())] == ["down_blocks.0.2.attention.attn"]
+
+    tokens = token_overrides([lora], encoder)
+    assert tokens.added == ("<zxq>", "ohwx style") and tokens.lengths == (3, 1)
+    assert tokens.ids.tolist() == [NEW, NEW + 1, NEW + 2, NEW + 3]
+    prompt = "a photo of <ZXQ>, ohwx  style; not ohwx styles"  # any case and spacing; never inside a longer word
+    bos, eot = encoder.tokenize("")[0, 0].item(), encoder.eot_token_id
+    hand = [bos, *plain_ids(encoder, "a photo of"), NEW, NEW + 1, NEW + 2, *plain_ids(encoder, ",")]
+    hand += [NEW + 3, *plain_ids(encoder, "; not ohwx styles"), eot]
+    got_ids = encoder.tokenize([prompt], tokens.added, tokens.lengths)[0].tolist()
+    assert got_ids[: len(hand)] == hand and set(got_ids[len(hand) :]) == {0}
+
+    extended = tower_for(VOCAB_SIZE + 4)
+    table = torch.cat([encoder.tower.token_embedding.weight.detach(), zxq, style])
+    extended.load_state_dict({**encoder.tower.state_dict(), "token_embedding.weight": table})
+    expected = TextEncoder(extended).encode_tokens(torch.tensor([got_ids]))
+    got = encoder.encode([prompt], tokens)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    plain = encoder.encode(["a photo of a cat"])
+    assert all(torch.equal(a, b) for a, b in zip(encoder.encode(["a photo of a cat"], tokens), plain, strict=True))
+
+
+def test_bundled_embeddings_that_do_not_fit_are_refused(tmp_path, encoder):
+    wide = read_lora(write_bundle(tmp_path / "wide.safetensors", {("<w>", "clip_g"): torch.zeros(2, WIDTH + 1)}))
+    with pytest.raises(LoraError, match=r"wide\.safetensors: its bundled embedding '<w>' is 33 wide"):
+        token_overrides([wide], encoder)
+    twice = {("Zxq", "clip_g"): torch.zeros(1, WIDTH), ("zxq", "clip_g"): torch.ones(1, WIDTH)}
+    with pytest.raises(LoraError, match=r"twice\.safetensors: two bundled embeddings are named"):
+        read_lora(write_bundle(tmp_path / "twice.safetensors", twice))
+    first = read_lora(write_bundle(tmp_path / "a.safetensors", {("<e>", "clip_g"): torch.zeros(1, WIDTH)}))
+    other = read_lora(write_bundle(tmp_path / "b.safetensors", {("<E>", "clip_g"): torch.ones(1, WIDTH)}))
+    with pytest.raises(LoraError, match=r"b\.safetensors and LoRA .*a\.safetensors both add the embedding '<E>'"):
+        token_overrides([first, other], encoder)
+
+
+def test_pipeline_applies_a_bundled_embedding_only_where_the_prompt_names_it(tmp_path, demo_models):
+    pipeline = Pipeline(ModelSet(demo_models))
+    path = write_bundle(tmp_path / "emb.safetensors", {("zxq", "clip_g"): torch.randn(2, WIDTH) * 3})
+    fast = {"stage_c": StageSettings(2, 4.0, 2.0), "stage_b": StageSettings(1, 1.1, 1.0), "width": 256, "height": 256}
+    request = GenerationRequest("a zxq lighthouse", seed=5, **fast)
+
+    def run(prompt, loras=((str(path), 1.0),)):
+        return pipeline.run(request.with_(prompt=prompt, loras=loras))[0].pixels
+
+    assert not np.array_equal(run("a zxq lighthouse"), run("a zxq lighthouse", ()))
+    assert np.array_equal(run("a lighthouse"), run("a lighthouse", ()))  # not named: nothing changes

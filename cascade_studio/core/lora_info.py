@@ -2,7 +2,8 @@
 
 * **Trigger words** the trainer recorded: Stability's model-spec entry ``modelspec.trigger_phrase`` (kohya's
   sd-scripts write it from ``--metadata_trigger_phrase``; comma-separated), SimpleTuner's ``trained_words`` (its
-  instance prompts, comma-separated), and a reference-format LoRA's added
+  instance prompts, comma-separated), the names of bundled textual-inversion embeddings (OneTrainer's
+  ``bundle_emb.<name>.clip_g``), and a reference-format LoRA's added
   tokens (``[fernando]``), named by its ``train_tokens`` metadata or the sidecar ``<stem>.json``: their learned
   embeddings apply only where the prompt contains them.
 * **Training tags**: kohya's ``ss_tag_frequency`` (``{dataset folder: {caption tag: count}}``), most frequent
@@ -17,6 +18,7 @@ Nothing here fails on a file without metadata; a file that is not a safetensors 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +57,11 @@ def sidecar_path(path: Path) -> Path:
 CHANGES = {
     "Stage C": ("weights.", "lora_prior_unet_", "lora_unet_", "prior.", "unet.", "transformer."),
     "text encoder": ("lora_prior_te_", "lora_te_", "text_encoder.", "text_model."),
-    "learned tokens": ("embeddings.",),
+    "learned tokens": ("embeddings.", "bundle_emb."),
 }
+
+
+_BUNDLE_G = re.compile(r"^bundle_emb\.(.+)\.clip_g$")
 
 
 def _read_header(path: str | Path) -> tuple[dict[str, str], list[str]]:
@@ -122,6 +127,7 @@ def read_lora_info(path: str | Path) -> LoraInfo:
     triggers: list[str] = []
     for entry in ("modelspec.trigger_phrase", "trained_words"):  # kohya's; SimpleTuner's (its instance prompts)
         triggers += [word.strip() for word in metadata.get(entry, "").split(",") if word.strip()]
+    triggers += [m[1] for m in map(_BUNDLE_G.match, names) if m]  # bundled embeddings apply where they are named
     triggers += _new_tokens(_json(metadata.get(TRAIN_TOKENS, "")))
     sidecar = sidecar_path(path)
     if sidecar.is_file():

@@ -444,14 +444,16 @@ def _attention_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> t
 class TokenOverrides:
     """Added tokens and replaced embedding rows for one encoding (the tower's weights are not touched).
 
-    ``added[k]`` is the string of the new token with id ``vocab + k``; ``ids`` (m,) int64 are the ids whose
-    embedding row is ``rows`` (m, width) instead of the tower's: every new id, and any existing id a LoRA
-    retrained. ``rows`` are cast to the encoder's dtype when used.
+    ``added[k]`` is a string that stands for ``lengths[k]`` new ids (one each when ``lengths`` is empty: a learned
+    token; several: a textual-inversion embedding of that many vectors), numbered from ``vocab`` on in order;
+    ``ids`` (m,) int64 are the ids whose embedding row is ``rows`` (m, width) instead of the tower's: every new id,
+    and any existing id a LoRA retrained. ``rows`` are cast to the encoder's dtype when used.
     """
 
     added: tuple[str, ...]
     ids: torch.Tensor
     rows: torch.Tensor
+    lengths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.ids.dtype != torch.int64 or self.ids.ndim != 1 or self.rows.ndim != 2:
@@ -460,6 +462,18 @@ class TokenOverrides:
             raise ValueError("every listed id needs exactly one row")
         if len({_normal_token(t) for t in self.added}) != len(self.added) or not all(t.strip() for t in self.added):
             raise ValueError("added tokens must be distinct, non-blank strings (compared case-insensitively)")
+        if self.lengths and (len(self.lengths) != len(self.added) or min(self.lengths) < 1):
+            raise ValueError("lengths gives each added string its number of ids (at least 1)")
+
+    @property
+    def spans(self) -> tuple[int, ...]:
+        """How many new ids each added string stands for."""
+        return self.lengths or (1,) * len(self.added)
+
+    @property
+    def new_ids(self) -> int:
+        """How many ids the added strings take after the vocabulary."""
+        return sum(self.spans)
 
 
 def _normal_token(token: str) -> str:
@@ -469,10 +483,17 @@ def _normal_token(token: str) -> str:
 def _added_token_pattern(added: Sequence[str]) -> re.Pattern:
     """One alternative per added token (group ``t<k>``), longest first, case-insensitive, any run of
     whitespace matching the token's spaces: transformers matches added tokens on the normalised
-    (lower-cased, whitespace-collapsed) text, leftmost-longest."""
+    (lower-cased, whitespace-collapsed) text, leftmost-longest. A string that begins (ends) with a letter,
+    digit or ``_`` is not matched right after (before) another one, so an embedding named ``ohwx`` is not found
+    inside ``ohwxy``; a learned token (``[name]``, ``<name>``) is matched anywhere, as transformers does."""
     order = sorted(range(len(added)), key=lambda k: -len(added[k]))
     spaces = r"\s+"
-    parts = [f"(?P<t{k}>{spaces.join(re.escape(w) for w in added[k].split())})" for k in order]
+    parts = []
+    for k in order:
+        text = spaces.join(re.escape(w) for w in added[k].split())
+        before = r"(?<!\w)" if re.match(r"\w", added[k].strip()) else ""
+        after = r"(?!\w)" if re.search(r"\w$", added[k].strip()) else ""
+        parts.append(f"(?P<t{k}>{before}{text}{after})")
     return re.compile("|".join(parts), re.IGNORECASE)
 
 
@@ -570,17 +591,22 @@ class TextEncoder(nn.Module):
             self._vocabulary = strings
         return list(self._vocabulary)
 
-    def tokenize(self, prompts: str | Sequence[str], added: Sequence[str] = ()) -> torch.Tensor:
+    def tokenize(
+        self, prompts: str | Sequence[str], added: Sequence[str] = (), lengths: Sequence[int] = ()
+    ) -> torch.Tensor:
         """(B, 77) token ids: BOS, the prompt, EOT, then zeros; long prompts are cut keeping EOT.
 
-        ``added``: extra token strings with ids ``vocab + k``, found case-insensitively anywhere in a prompt
-        (leftmost, longest first) and split out before the text around them is tokenised.
+        ``added``: extra strings, found case-insensitively in a prompt (leftmost, longest first; see
+        :func:`_added_token_pattern`) and split out before the text around them is tokenised; string ``k`` stands for
+        ``lengths[k]`` ids (1 when ``lengths`` is empty), numbered from ``vocab`` on in order.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
         tokenizer = self._base_tokenizer()
         if not added:
             return tokenizer(list(prompts))
+        spans = list(lengths) or [1] * len(added)
+        starts = [self.vocab_size + sum(spans[:k]) for k in range(len(added))]
         pattern = _added_token_pattern(added)
         bos = int(tokenizer([""])[0, 0])
         out = torch.zeros(len(prompts), self.context_length, dtype=torch.long)
@@ -588,7 +614,8 @@ class TextEncoder(nn.Module):
             ids, start = [bos], 0
             for m in pattern.finditer(prompt):
                 ids += self._plain_ids(prompt[start : m.start()])
-                ids.append(self.vocab_size + int(m.lastgroup[1:]))
+                k = int(m.lastgroup[1:])
+                ids += range(starts[k], starts[k] + spans[k])
                 start = m.end()
             ids += [*self._plain_ids(prompt[start:]), self.eot_token_id]
             if len(ids) > self.context_length:
@@ -610,7 +637,8 @@ class TextEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(clip_text (B, 77, C), clip_text_pooled (B, 1, C_proj))`` for the prompts, with ``tokens``'s
         added tokens and embedding rows if given (for this call only)."""
-        return self.encode_tokens(self.tokenize(prompts, tokens.added if tokens else ()), tokens)
+        ids = self.tokenize(prompts, tokens.added, tokens.lengths) if tokens else self.tokenize(prompts)
+        return self.encode_tokens(ids, tokens)
 
     def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """Index of the first end-of-text token in each row; every row must have one."""
@@ -643,7 +671,7 @@ class TextEncoder(nn.Module):
         if tokens.dim() != 2 or tokens.shape[1] != self.context_length:
             raise ValueError(f"tokens must have shape (B, {self.context_length}), not {tuple(tokens.shape)}")
         vocab = self.vocab_size
-        limit = vocab + (len(overrides.added) if overrides is not None else 0)
+        limit = vocab + (overrides.new_ids if overrides is not None else 0)
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= limit):
             raise ValueError(f"token ids must lie in [0, {limit}); this text encoder's vocabulary is {vocab}")
         eot = self.eot_positions(tokens)

@@ -27,6 +27,11 @@ Three layouts are read:
   (its ``alpha_pattern`` and ``use_rslora`` honoured), else from an ``alpha`` tensor, else 1 (alpha = rank, as
   diffusers assumes).
 
+Bundled textual-inversion embeddings (OneTrainer's ``bundle_emb.<name>.clip_g``, n × width, beside either of the
+last two layouts or alone) are added for the job where a prompt names them (:func:`token_overrides`: the name
+stands for its n vectors); vectors for other encoders and output embeddings (``clip_g_out``) are left out with a
+warning.
+
 Anything else (pickle files, other models' keys, LoHa/LoKr/DoRA files, wrong shapes) is refused with a
 :class:`LoraError` naming the file and the problem.
 
@@ -85,6 +90,9 @@ _PEFT_STAGE_C = ("prior", "unet", "transformer")
 #: diffusers' StableCascadeUNet attention names -> the reference's (the kohya lookup's), at the end of a module path
 _DIFFUSERS_ATTENTION = re.compile(r"\.attention\.(to_q|to_k|to_v|to_out\.0)$")
 _REFERENCE = re.compile(r"^weights\.(\d+)\.(lora_down|lora_up)$")
+#: a textual-inversion embedding bundled in the file (OneTrainer, A1111): ``bundle_emb.<name>.<text encoder>``
+_BUNDLE = re.compile(r"^bundle_emb\.(.+)\.([^.]+)$")
+_BUNDLE_ENCODER = "clip_g"  # the vectors for Stable Cascade's text encoder
 _NAMING_HELP = (
     'a train_tokens metadata entry or a {stem}.json next to the file holding {{"train_tokens": '
     '[["[token]", "^init regex"], …]}}, the list from the training config (see docs/formats.md)'
@@ -105,6 +113,10 @@ class LoraFile:
     train_tokens: tuple[tuple[str, str | None], ...] | None = None
     #: where ``train_tokens`` came from (for messages): "its train_tokens metadata" or the sidecar's path
     token_source: str = ""
+    #: bundled textual-inversion embeddings: name as typed in a prompt -> its CLIP-G vectors (n × width)
+    bundles: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: bundled vectors that are not applied (``<name>.clip_g_out``, other text encoders' vectors)
+    bundles_skipped: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -126,16 +138,22 @@ class LoraFile:
 
     @property
     def token_warning(self) -> str | None:
-        """Why some of the file's learned tokens are not applied (it does not name them), or None."""
+        """Why some of the file's learned tokens or bundled embeddings are not applied, or None."""
+        notes = []
         count = self.new_token_count
-        if not count or self.train_tokens is not None:
-            return None
-        them, s = ("them", "s are") if count > 1 else ("it", " is")
-        return (
-            f"LoRA {self.name}: its {count} learned token{s} not applied, the file does not name {them} (its "
-            f"Stage C weights apply); name {them} in {sidecar_path(self.path).name} next to it, "
-            '{"train_tokens": [["[token]", "^init regex"], …]} as in the training config (see docs/formats.md)'
-        )
+        if count and self.train_tokens is None:
+            them, s = ("them", "s are") if count > 1 else ("it", " is")
+            notes.append(
+                f"LoRA {self.name}: its {count} learned token{s} not applied, the file does not name {them} (its "
+                f"Stage C weights apply); name {them} in {sidecar_path(self.path).name} next to it, "
+                '{"train_tokens": [["[token]", "^init regex"], …]} as in the training config (see docs/formats.md)'
+            )
+        if self.bundles_skipped:
+            notes.append(
+                f"LoRA {self.name}: bundled embedding vectors not applied: {', '.join(self.bundles_skipped)} "
+                f"(only input vectors for CLIP-G, bundle_emb.<name>.{_BUNDLE_ENCODER}, are used)"
+            )
+        return "; ".join(notes) or None
 
     @property
     def has_text_part(self) -> bool:
@@ -145,7 +163,7 @@ class LoraFile:
     def deltas(self, network: nn.Module) -> list[LoraDelta]:
         """The deltas for ``network`` (a Stage C); raises :class:`LoraError` when the file does not fit it."""
         try:
-            deltas = self._reference(network) if self.layout == "reference" else self._kohya(network)
+            deltas = self._reference(network) if self.layout == "reference" else self._by_module_name(network)
             check_deltas(network, deltas)
         except (ValueError, KeyError) as exc:
             raise LoraError(f"LoRA {self.path}: {exc}") from None
@@ -181,13 +199,14 @@ class LoraFile:
         kohya name without prefix) -> {"lora_down.weight", "lora_up.weight", "alpha"}. A diffusers/PEFT file's
         scale is turned into an ``alpha`` (scale × rank) here."""
         groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        tensors = {k: v for k, v in self.tensors.items() if not _BUNDLE.match(k)}
         if self.layout == "kohya":
-            for key, tensor in self.tensors.items():
+            for key, tensor in tensors.items():
                 m = _KOHYA.match(key)
                 if (m.group(1) in _TEXT_PREFIXES) == text:
                     groups.setdefault((m.group(1) + m.group(2), m.group(2)), {})[m.group(3)] = tensor
             return groups
-        for key, tensor in self.tensors.items():
+        for key, tensor in tensors.items():
             path, part = _PEFT.match(key).groups()
             prefix, inner = _peft_split(path)
             if (prefix == "text_encoder") == text:
@@ -197,7 +216,9 @@ class LoraFile:
             if "alpha" not in parts and "lora_down.weight" in parts:
                 prefix, inner = _peft_split(path)
                 rank = parts["lora_down.weight"].shape[0]
-                parts["alpha"] = torch.tensor(_peft_scale(configs.get(prefix, {}), inner, rank) * rank)
+                parts["alpha"] = torch.tensor(
+                    _peft_scale(configs.get(prefix, {}), inner, rank) * rank, dtype=torch.float64
+                )
         return groups
 
     def _reference(self, network: nn.Module) -> list[LoraDelta]:
@@ -215,7 +236,8 @@ class LoraFile:
             out.append(LoraDelta(module, down, up, alpha / down.shape[0], rows, f"weights.{i}"))
         return out
 
-    def _kohya(self, network: nn.Module) -> list[LoraDelta]:
+    def _by_module_name(self, network: nn.Module) -> list[LoraDelta]:
+        """The Stage C part of a kohya or diffusers/PEFT file (:meth:`_groups`) on ``network``'s modules."""
         lookup: dict[str, tuple[str, tuple[int, int] | None]] = {}
         for name, module in network.named_modules():
             flat = name.replace(".", "_")
@@ -362,9 +384,12 @@ def read_lora(path: str | Path) -> LoraFile:
         raise LoraError(f"LoRA {path}: not a readable safetensors file ({exc})") from None
     if not tensors:
         raise LoraError(f"LoRA {path}: the file holds no tensors")
-    keys = set(tensors)
+    bundles, skipped = _bundles(path, tensors)
+    keys = {k for k in tensors if not _BUNDLE.match(k)}
     names, source = None, ""
-    if all(_REFERENCE.match(k) or k in ("embeddings.embeddings", "embeddings.indices") for k in keys):
+    if not keys:  # embeddings only
+        layout = "kohya"
+    elif all(_REFERENCE.match(k) or k in ("embeddings.embeddings", "embeddings.indices") for k in keys):
         layout = "reference"
         ids = sorted({int(_REFERENCE.match(k).group(1)) for k in keys if _REFERENCE.match(k)})
         if not ids:
@@ -405,7 +430,30 @@ def read_lora(path: str | Path) -> LoraFile:
             "(lora_prior_unet_….lora_down.weight, text encoder lora_prior_te_…) and the diffusers/PEFT layout "
             "(prior.<module>.lora_A.weight)"
         )
-    return _checked_floats(LoraFile(path, layout, tensors, metadata, names, source))
+    return _checked_floats(LoraFile(path, layout, tensors, metadata, names, source, bundles, skipped))
+
+
+def _bundles(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """The file's bundled embeddings for CLIP-G (name -> (n, width) vectors) and the names of bundled vectors that are
+    not (``<name>.clip_g_out`` output embeddings, other text encoders' vectors)."""
+    bundles: dict[str, torch.Tensor] = {}
+    skipped: list[str] = []
+    for key, tensor in tensors.items():
+        m = _BUNDLE.match(key)
+        if m is None:
+            continue
+        name, encoder = m.groups()
+        if encoder != _BUNDLE_ENCODER:
+            skipped.append(f"{name}.{encoder}")
+            continue
+        if not name.strip() or tensor.ndim != 2 or tensor.shape[0] == 0:
+            raise LoraError(
+                f"LoRA {path}: {key} must be a named (vectors × width) embedding, not {tuple(tensor.shape)}"
+            )
+        if any(" ".join(n.lower().split()) == " ".join(name.lower().split()) for n in bundles):
+            raise LoraError(f"LoRA {path}: two bundled embeddings are named {name!r} (names ignore case)")
+        bundles[name] = tensor
+    return bundles, tuple(sorted(skipped))
 
 
 def _checked_floats(lora: LoraFile) -> LoraFile:
@@ -545,19 +593,40 @@ def _few(ids) -> str:
 
 
 def token_overrides(loras: Sequence[LoraFile], encoder: TextEncoder) -> TokenOverrides | None:
-    """The added tokens and embedding rows of ``loras``'s learned token embeddings for one encoding with
-    ``encoder`` (whose weights are only read), or
-    None when none has any. Raises :class:`LoraError` naming the file when they do not fit; logs
-    :attr:`LoraFile.token_warning` for files whose new tokens are not named."""
-    files = [f for f in loras if f.token_embeddings is not None]
+    """The added tokens and embedding rows of ``loras``'s learned token embeddings and bundled embeddings for one
+    encoding with ``encoder`` (whose weights are only read), or None when none has any. Raises :class:`LoraError`
+    naming the file when they do not fit; logs :attr:`LoraFile.token_warning` for what is left out."""
+    for f in loras:
+        if f.token_warning:
+            log.warning("%s", f.token_warning)
+    files = [f for f in loras if f.token_embeddings is not None or f.bundles]
     if not files:
         return None
     table = encoder.tower.token_embedding.weight
     vocab, width = table.shape
     vocabulary = None
-    added: dict[str, tuple[str, torch.Tensor, LoraFile]] = {}  # lower-cased token -> (token, row, file)
+    added: dict[str, tuple[str, torch.Tensor, LoraFile]] = {}  # normalised string -> (as written, (n, width), file)
+
+    def add(f: LoraFile, text: str, rows: torch.Tensor, what: str) -> None:
+        key = " ".join(text.lower().split())
+        if key in added and not torch.equal(added[key][1], rows):
+            raise LoraError(
+                f"LoRA {f.path} and LoRA {added[key][2].path} both add the {what} {text!r} with different "
+                "embeddings; use one of them at a time"
+            )
+        added.setdefault(key, (text, rows, f))
+
     existing: dict[int, torch.Tensor] = {}  # id -> summed offsets
     for f in files:
+        for name, vectors in f.bundles.items():
+            if vectors.shape[1] != width:
+                raise LoraError(
+                    f"LoRA {f.path}: its bundled embedding {name!r} is {vectors.shape[1]} wide, this text encoder's "
+                    f"embeddings are {width} wide (an embedding for another text encoder)"
+                )
+            add(f, name, vectors.to(table.device, torch.float32), "embedding")
+        if f.token_embeddings is None:
+            continue
         offsets, indices = f.token_embeddings
         if offsets.shape[1] != width or vocab != VOCAB_SIZE:
             raise LoraError(
@@ -566,10 +635,7 @@ def token_overrides(loras: Sequence[LoraFile], encoder: TextEncoder) -> TokenOve
             )
         offsets = offsets.to(table.device, torch.float32)
         ids = indices.tolist()
-        if f.train_tokens is None:
-            if f.token_warning:
-                log.warning("%s", f.token_warning)
-        else:
+        if f.train_tokens is not None:
             if vocabulary is None:
                 try:
                     vocabulary = encoder.vocabulary()
@@ -583,25 +649,20 @@ def token_overrides(loras: Sequence[LoraFile], encoder: TextEncoder) -> TokenOve
                 )
             new_tokens = [t for t, _ in f.train_tokens if is_new_token(t)]
             for k, token in enumerate(new_tokens):
-                final = rows[k] + offsets[ids.index(vocab + k)]
-                key = " ".join(token.lower().split())
-                if key in added and not torch.equal(added[key][1], final):
-                    raise LoraError(
-                        f"LoRA {f.path} and LoRA {added[key][2].path} both add the token {token!r} with different "
-                        "embeddings; use one of them at a time"
-                    )
-                added.setdefault(key, (token, final, f))
+                add(f, token, (rows[k] + offsets[ids.index(vocab + k)])[None], "token")
         for i, index in enumerate(ids):
             if index < vocab:
                 existing[index] = existing[index] + offsets[i] if index in existing else offsets[i]
     if not added and not existing:
         return None
     base_ids = sorted(existing)
-    final_rows = [table[i].float() + existing[i] for i in base_ids] + [row for _, row, _ in added.values()]
+    lengths = tuple(rows.shape[0] for _, rows, _ in added.values())
+    final_rows = [table[i].float() + existing[i] for i in base_ids] + [r for _, rows, _ in added.values() for r in rows]
     return TokenOverrides(
-        added=tuple(token for token, _, _ in added.values()),
-        ids=torch.tensor(base_ids + list(range(vocab, vocab + len(added))), dtype=torch.int64),
+        added=tuple(text for text, _, _ in added.values()),
+        ids=torch.tensor(base_ids + list(range(vocab, vocab + sum(lengths))), dtype=torch.int64),
         rows=torch.stack(final_rows),
+        lengths=lengths,
     )
 
 
