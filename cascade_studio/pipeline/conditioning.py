@@ -520,8 +520,8 @@ class TextEncoder(nn.Module):
         self._tokenizer = tokenizer
         self._tokenizer_model = tokenizer_model
         self._vocabulary: list[str] | None = None
-        # (down, up) low-rank terms added after a parameter text_projection while a LoRA is applied (:meth:`applying`)
-        self._projection_lora: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+        # low-rank terms (down, up, 0) added after a parameter text_projection while a LoRA is applied (applying)
+        self._projection_lora: tuple[tuple[torch.Tensor, torch.Tensor, int], ...] = ()
 
     @classmethod
     def from_file(
@@ -699,7 +699,7 @@ class TextEncoder(nn.Module):
         if isinstance(projection, nn.Linear):
             pooled = projection(pooled)
         elif projection is not None:
-            pooled = add_low_rank_(pooled @ projection, pooled, [(d, u, 0) for d, u in self._projection_lora])
+            pooled = add_low_rank_(pooled @ projection, pooled, self._projection_lora)
         return clip_text, pooled.unsqueeze(1)
 
     def _on_projection(self, d: LoraDelta) -> bool:
@@ -726,7 +726,7 @@ class TextEncoder(nn.Module):
         written. Raises ValueError when a delta does not fit (:meth:`check_lora`)."""
         self.check_lora([d for deltas, _ in loras for d in deltas])
         projection = self.tower.text_projection
-        terms = tuple(lora_terms(d, w, projection) for deltas, w in loras for d in deltas if self._on_projection(d))
+        terms = tuple((*lora_terms(d, w, projection), 0) for ds, w in loras for d in ds if self._on_projection(d))
         with apply_loras(self.tower, [([d for d in ds if not self._on_projection(d)], w) for ds, w in loras]):
             self._projection_lora = terms
             try:
