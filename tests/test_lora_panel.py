@@ -291,3 +291,58 @@ def test_a_rows_words_menu_adds_trigger_words_and_tags_to_the_prompt(panel, mode
     _lora_with_metadata(models, "ohwx", {"modelspec.trigger_phrase": "zxq style"})  # retrained in place
     panel.lora_list.refresh_found()
     qtbot.waitUntil(lambda: "Trigger words: zxq style" in panel.lora_list.rows[0].label.toolTip(), timeout=5_000)
+
+
+def _lora_with_tensors(models, name: str, shapes: dict[str, tuple[int, ...]]):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = models / LORA_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.safetensors"
+    save_file({k: np.zeros(shape, np.float32) for k, shape in shapes.items()}, str(path))
+    return path
+
+
+def test_check_layout_tells_stable_cascade_loras_from_others_and_which_stage_c_they_fit():
+    from cascade_studio.core.lora_info import check_layout
+
+    full_reference = {"weights.0.lora_down": [4, 2048], "weights.0.lora_up": [2048, 4]}
+    assert check_layout(full_reference) == (None, 2048)
+    onetrainer = {
+        "lora_prior_unet_down_blocks_1_5_attention_attn_to_q.lora_down.weight": [8, 1536],
+        "lora_prior_unet_down_blocks_1_5_attention_attn_to_q.lora_up.weight": [1536, 8],
+        "lora_prior_te_text_model_encoder_layers_3_mlp_fc1.lora_down.weight": [8, 1280],
+        "lora_prior_unet_clip_txt_mapper.alpha": [],
+        "bundle_emb.<zxq>.clip_g": [2, 1280],
+    }
+    assert check_layout(onetrainer) == (None, 1536)
+    simpletuner = {"prior.up_blocks.0.3.attention.to_out.0.lora_A.weight": [16, 2048]}
+    assert check_layout(simpletuner) == (None, 2048)
+    assert check_layout({"text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight": [4, 1280]}) == (None, None)
+    sdxl = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": [4, 640], "lora_te1_x.lora_down.weight": [4, 768]}
+    assert "not a LoRA layout" in check_layout(sdxl)[0]
+    sdxl_unet = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": [4, 640]}
+    assert "not for Stable Cascade: it names lora_unet_input_blocks_4_1_proj_in" in check_layout(sdxl_unet)[0]
+    sd15_diffusers = {"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": [4, 320]}
+    assert "not for Stable Cascade" in check_layout(sd15_diffusers)[0]
+    loha = {"lora_prior_unet_down_blocks_0_0_channelwise_0.hada_w1_a": [4, 4]}
+    assert "LyCORIS" in check_layout(loha)[0]
+
+
+def test_a_row_is_flagged_when_its_lora_does_not_fit_the_model_box(panel, models, qtbot):
+    _lora_with_tensors(models, "full-style", {"weights.0.lora_down": (4, 2048), "weights.0.lora_up": (2048, 4)})
+    _lora_with_tensors(models, "sdxl-thing", {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)})
+    session = panel.session
+    session.variant = "lite"
+    session.loras = (("full-style", 1.0), ("sdxl-thing", 1.0), ("ink", 1.0))
+    full, sdxl, ink = panel.lora_list.rows
+    qtbot.waitUntil(lambda: full.warning is not None and sdxl.warning is not None, timeout=5_000)
+    assert "Made for Stage C full (2048 wide), but the Model box is set to lite" in full.label.toolTip()
+    assert full.icon.isVisibleTo(panel) and "ff6b6b" in full.label.styleSheet()
+    assert "Not usable: not for Stable Cascade" in sdxl.label.toolTip() and sdxl.icon.isVisibleTo(panel)
+    qtbot.waitUntil(lambda: ink.warning is not None, timeout=5_000)  # not a safetensors file: flagged too
+    assert "Could not read its header" in ink.label.toolTip() and ink.icon.isVisibleTo(panel)
+    session.variant = "full"
+    assert full.warning is None and not full.icon.isVisibleTo(panel) and "Made for Stage C full" in full.label.toolTip()
+    assert sdxl.warning is not None  # no model fits it

@@ -35,6 +35,13 @@ class LoraInfo:
     trigger_words: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()  # most frequent first, at most MAX_TAGS
     changes: tuple[str, ...] = ()  # of CHANGES, in that order
+    problem: str | None = None  # why a job would refuse the file's keys (check_layout), None when they look right
+    width: int | None = None  # the Stage C width its attention factors fit, when it has any
+
+    @property
+    def variant(self) -> str | None:
+        """The released Stage C it was made for ("lite" / "full"), told by its width; None when unknown."""
+        return STAGE_C_VARIANTS.get(self.width) if self.width is not None else None
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -53,6 +60,98 @@ def sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+# ---------------------------------------------------------------------------------------------
+# key layouts (pipeline/lora.py reads the files; the names are told apart here, without torch)
+
+#: kohya / ComfyUI / OneTrainer: prefix, module path with "_" for ".", factor
+KOHYA_KEY = re.compile(
+    r"^(lora_prior_unet_|lora_unet_|lora_prior_te_|lora_te_)(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+)
+TEXT_PREFIXES = ("lora_prior_te_", "lora_te_")
+#: keys of LoRA variants that are not plain low-rank products (LyCORIS LoHa / LoKr, DoRA)
+OTHER_KINDS = re.compile(r"\.(hada_w\d_[ab]|lokr_w\d(_[ab])?|dora_scale|lora_mid\.weight|lora_magnitude_vector)$")
+#: diffusers / PEFT keys: module path, then which factor (PEFT's names and diffusers' older ones)
+PEFT_KEY = re.compile(r"^(.+)\.(lora_A\.weight|lora_B\.weight|lora\.down\.weight|lora\.up\.weight|"
+                      r"lora_linear_layer\.down\.weight|lora_linear_layer\.up\.weight|alpha)$")  # fmt: skip
+PEFT_PARTS = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "lora.down": "lora_down.weight",
+              "lora.up": "lora_up.weight", "lora_linear_layer.down": "lora_down.weight",
+              "lora_linear_layer.up": "lora_up.weight", "alpha": "alpha"}  # fmt: skip
+_PEFT_STAGE_C = ("prior", "unet", "transformer")
+#: diffusers' StableCascadeUNet attention names -> the reference's (the kohya lookup's), at the end of a module path
+_DIFFUSERS_ATTENTION = re.compile(r"\.attention\.(to_q|to_k|to_v|to_out\.0)$")
+REFERENCE_KEY = re.compile(r"^weights\.(\d+)\.(lora_down|lora_up)$")
+#: a textual-inversion embedding bundled in the file (OneTrainer, A1111): ``bundle_emb.<name>.<text encoder>``
+BUNDLE_KEY = re.compile(r"^bundle_emb\.(.+)\.([^.]+)$")
+BUNDLE_ENCODER = "clip_g"  # the vectors for Stable Cascade's text encoder
+
+
+def peft_split(path: str) -> tuple[str, str]:
+    """A diffusers/PEFT module path as (prefix, path inside the model): ``prior`` / ``unet`` / ``transformer`` / ""
+    for Stage C, ``text_encoder`` for the text encoder (also for an unprefixed ``text_model.…`` path)."""
+    head, _, rest = path.partition(".")
+    prefix, inner = (head, rest) if head in (*_PEFT_STAGE_C, "text_encoder") and rest else ("", path)
+    inner = inner.removeprefix("base_model.model.")
+    if not prefix and (inner.startswith("text_model.") or inner == "text_projection"):
+        prefix = "text_encoder"
+    return prefix, inner
+
+
+def peft_flat(inner: str) -> str:
+    """A diffusers module path in the kohya lookup's flat form, diffusers' split attention names turned into the
+    reference's: ``attention.to_q`` -> ``attention_attn_to_q``, ``attention.to_out.0`` -> ``…_attn_out_proj``."""
+    inner = _DIFFUSERS_ATTENTION.sub(lambda m: ".attention.attn." + ("out_proj" if m[1] == "to_out.0" else m[1]), inner)
+    return inner.replace(".", "_")
+
+
+#: Stage C's Linear layers and packed attentions in the kohya lookup's flat form (what a LoRA may change there), and
+#: the text encoder's (transformers' names): a file naming anything else is for another model
+_STAGE_C_MODULE = re.compile(
+    r"(down|up)_blocks_\d+_\d+_(attention_attn_(to_[qkv]|in_proj|out_proj)|kv_mapper_1|channelwise_[04]|mapper(_[a-z]+)?)"
+    r"|clip_(txt|txt_pooled|img)_mapper"
+)
+_TEXT_MODULE = re.compile(
+    r"text_model_encoder_layers_\d+_(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc[12])|text_projection"
+)
+_ATTENTION_INPUT = re.compile(r"_attention_attn_(to_[qkv]|in_proj|out_proj)$")
+_DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_linear_layer.down.weight")
+#: the released Stage C widths (checkpoint manifests stage_c / stage_c_lite: c_hidden)
+STAGE_C_VARIANTS = {2048: "full", 1536: "lite"}
+
+
+def check_layout(shapes: dict[str, list[int]]) -> tuple[str | None, int | None]:
+    """``(problem, width)`` for a LoRA file's tensors (name -> shape): why a job would refuse its keys, told from the
+    names alone (None when they look like a Stable Cascade LoRA; whether its shapes fit is the job's to check), and
+    the Stage C width its attention factors were made for (None when it changes no attention)."""
+    keys = [k for k in shapes if not BUNDLE_KEY.match(k)]
+    other = sorted(k for k in keys if OTHER_KINDS.search(k))
+    if other:
+        return f"a LyCORIS (LoHa/LoKr) or DoRA file ({other[0]}); only plain LoRA files are read", None
+    if not keys:
+        return None, None
+    if all(REFERENCE_KEY.match(k) or k in ("embeddings.embeddings", "embeddings.indices") for k in keys):
+        shape = shapes.get("weights.0.lora_down") or []
+        return None, shape[1] if len(shape) == 2 else None  # weights.0 is the first attention's out_proj (c × c)
+    if all(KOHYA_KEY.match(k) for k in keys):
+        named = [(m[1] + m[2], m[2], m[1] in TEXT_PREFIXES, k) for k in keys if (m := KOHYA_KEY.match(k))]
+    elif all(PEFT_KEY.match(k) for k in keys):
+        named = []
+        for k in keys:
+            path = PEFT_KEY.match(k)[1]
+            prefix, inner = peft_split(path)
+            named.append((path, peft_flat(inner), prefix == "text_encoder", k))
+    else:
+        return f"not a LoRA layout this app reads (keys such as {sorted(keys)[0]})", None
+    bad = sorted(
+        {stem for stem, flat, text, _ in named if not (_TEXT_MODULE if text else _STAGE_C_MODULE).fullmatch(flat)}
+    )
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        return f"not for Stable Cascade: it names {bad[0]}{more}, which Stage C and its text encoder lack", None
+    widths = [shapes[k][1] for _, flat, text, k in named if not text and _ATTENTION_INPUT.search(flat)
+              and k.endswith(_DOWN) and len(shapes[k]) >= 2]  # fmt: skip
+    return None, widths[0] if widths else None
+
+
 #: what a LoRA's tensors change, told by their names' prefixes (the layouts pipeline/lora.py reads)
 CHANGES = {
     "Stage C": ("weights.", "lora_prior_unet_", "lora_unet_", "prior.", "unet.", "transformer."),
@@ -61,11 +160,8 @@ CHANGES = {
 }
 
 
-_BUNDLE_G = re.compile(r"^bundle_emb\.(.+)\.clip_g$")
-
-
-def _read_header(path: str | Path) -> tuple[dict[str, str], list[str]]:
-    """The ``__metadata__`` of a safetensors file's header (empty when it has none) and its tensor names."""
+def _read_header(path: str | Path) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """The ``__metadata__`` of a safetensors file's header (empty when it has none) and its tensors' shapes."""
     path = Path(path)
     with path.open("rb") as f:
         head = f.read(8)
@@ -80,12 +176,16 @@ def _read_header(path: str | Path) -> tuple[dict[str, str], list[str]]:
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"{path}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
-        return {}, []
+        return {}, {}
     metadata = header.get("__metadata__")
-    names = [str(k) for k in header if k != "__metadata__"]
+    shapes = {}
+    for name, entry in header.items():
+        if name != "__metadata__":
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            shapes[str(name)] = [int(n) for n in shape] if isinstance(shape, list) else []
     if not isinstance(metadata, dict):
-        return {}, names
-    return {str(k): v for k, v in metadata.items() if isinstance(v, str)}, names
+        return {}, shapes
+    return {str(k): v for k, v in metadata.items() if isinstance(v, str)}, shapes
 
 
 def _new_tokens(value: object) -> list[str]:
@@ -123,11 +223,13 @@ def _tags(text: str | None) -> tuple[str, ...]:
 def read_lora_info(path: str | Path) -> LoraInfo:
     """Title, trigger words and training tags of the LoRA at ``path`` (see the module's docstring)."""
     path = Path(path)
-    metadata, names = _read_header(path)
+    metadata, shapes = _read_header(path)
+    names = list(shapes)
     triggers: list[str] = []
     for entry in ("modelspec.trigger_phrase", "trained_words"):  # kohya's; SimpleTuner's (its instance prompts)
         triggers += [word.strip() for word in metadata.get(entry, "").split(",") if word.strip()]
-    triggers += [m[1] for m in map(_BUNDLE_G.match, names) if m]  # bundled embeddings apply where they are named
+    bundles = [m[1] for m in map(BUNDLE_KEY.match, names) if m and m[2] == BUNDLE_ENCODER]
+    triggers += bundles  # bundled embeddings apply where a prompt names them
     triggers += _new_tokens(_json(metadata.get(TRAIN_TOKENS, "")))
     sidecar = sidecar_path(path)
     if sidecar.is_file():
@@ -140,4 +242,5 @@ def read_lora_info(path: str | Path) -> LoraInfo:
     unique = tuple(dict.fromkeys(triggers))
     title = metadata.get("modelspec.title") or metadata.get("ss_output_name") or None
     changes = tuple(part for part, prefixes in CHANGES.items() if any(n.startswith(prefixes) for n in names))
-    return LoraInfo(title, unique, _tags(metadata.get("ss_tag_frequency")), changes)
+    problem, width = check_layout(shapes)
+    return LoraInfo(title, unique, _tags(metadata.get("ss_tag_frequency")), changes, problem, width)

@@ -63,7 +63,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.lora_info import TRAIN_TOKENS, is_new_token, sidecar_path
+from ..core.lora_info import (
+    BUNDLE_ENCODER,
+    BUNDLE_KEY,
+    KOHYA_KEY,
+    OTHER_KINDS,
+    PEFT_KEY,
+    PEFT_PARTS,
+    REFERENCE_KEY,
+    TEXT_PREFIXES,
+    TRAIN_TOKENS,
+    is_new_token,
+    peft_flat,
+    peft_split,
+    sidecar_path,
+)
 from ..core.paths import find_lora_file, list_loras, lora_candidates, lora_folder
 from ..networks.common import MultiheadAttention
 from ..networks.lora import LoraDelta, check_deltas
@@ -72,27 +86,8 @@ from .conditioning import VOCAB_SIZE, TextEncoder, TokenOverrides
 
 log = logging.getLogger(__name__)
 
-_KOHYA = re.compile(
-    r"^(lora_prior_unet_|lora_unet_|lora_prior_te_|lora_te_)(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
-)
-_TEXT_PREFIXES = ("lora_prior_te_", "lora_te_")
 #: a text-encoder LoRA's layer parts (transformers' CLIP names, "." as "_") -> the text tower's open_clip names
 _TEXT_LINEARS = {"self_attn_out_proj": "attn.out_proj", "mlp_fc1": "mlp.c_fc", "mlp_fc2": "mlp.c_proj"}
-#: keys of LoRA variants that are not plain low-rank products (LyCORIS LoHa / LoKr, DoRA)
-_OTHER_KINDS = re.compile(r"\.(hada_w\d_[ab]|lokr_w\d(_[ab])?|dora_scale|lora_mid\.weight|lora_magnitude_vector)$")
-#: diffusers / PEFT keys: module path, then which factor (PEFT's names and diffusers' older ones)
-_PEFT = re.compile(r"^(.+)\.(lora_A\.weight|lora_B\.weight|lora\.down\.weight|lora\.up\.weight|"
-                   r"lora_linear_layer\.down\.weight|lora_linear_layer\.up\.weight|alpha)$")  # fmt: skip
-_PEFT_PARTS = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "lora.down": "lora_down.weight",
-               "lora.up": "lora_up.weight", "lora_linear_layer.down": "lora_down.weight",
-               "lora_linear_layer.up": "lora_up.weight", "alpha": "alpha"}  # fmt: skip
-_PEFT_STAGE_C = ("prior", "unet", "transformer")
-#: diffusers' StableCascadeUNet attention names -> the reference's (the kohya lookup's), at the end of a module path
-_DIFFUSERS_ATTENTION = re.compile(r"\.attention\.(to_q|to_k|to_v|to_out\.0)$")
-_REFERENCE = re.compile(r"^weights\.(\d+)\.(lora_down|lora_up)$")
-#: a textual-inversion embedding bundled in the file (OneTrainer, A1111): ``bundle_emb.<name>.<text encoder>``
-_BUNDLE = re.compile(r"^bundle_emb\.(.+)\.([^.]+)$")
-_BUNDLE_ENCODER = "clip_g"  # the vectors for Stable Cascade's text encoder
 _NAMING_HELP = (
     'a train_tokens metadata entry or a {stem}.json next to the file holding {{"train_tokens": '
     '[["[token]", "^init regex"], …]}}, the list from the training config (see docs/formats.md)'
@@ -151,7 +146,7 @@ class LoraFile:
         if self.bundles_skipped:
             notes.append(
                 f"LoRA {self.name}: bundled embedding vectors not applied: {', '.join(self.bundles_skipped)} "
-                f"(only input vectors for CLIP-G, bundle_emb.<name>.{_BUNDLE_ENCODER}, are used)"
+                f"(only input vectors for CLIP-G, bundle_emb.<name>.{BUNDLE_ENCODER}, are used)"
             )
         return "; ".join(notes) or None
 
@@ -199,22 +194,22 @@ class LoraFile:
         kohya name without prefix) -> {"lora_down.weight", "lora_up.weight", "alpha"}. A diffusers/PEFT file's
         scale is turned into an ``alpha`` (scale × rank) here."""
         groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-        tensors = {k: v for k, v in self.tensors.items() if not _BUNDLE.match(k)}
+        tensors = {k: v for k, v in self.tensors.items() if not BUNDLE_KEY.match(k)}
         if self.layout == "kohya":
             for key, tensor in tensors.items():
-                m = _KOHYA.match(key)
-                if (m.group(1) in _TEXT_PREFIXES) == text:
+                m = KOHYA_KEY.match(key)
+                if (m.group(1) in TEXT_PREFIXES) == text:
                     groups.setdefault((m.group(1) + m.group(2), m.group(2)), {})[m.group(3)] = tensor
             return groups
         for key, tensor in tensors.items():
-            path, part = _PEFT.match(key).groups()
-            prefix, inner = _peft_split(path)
+            path, part = PEFT_KEY.match(key).groups()
+            prefix, inner = peft_split(path)
             if (prefix == "text_encoder") == text:
-                groups.setdefault((path, _peft_flat(inner)), {})[_PEFT_PARTS[part.removesuffix(".weight")]] = tensor
+                groups.setdefault((path, peft_flat(inner)), {})[PEFT_PARTS[part.removesuffix(".weight")]] = tensor
         configs = _peft_configs(self.metadata)
         for (path, _), parts in groups.items():
             if "alpha" not in parts and "lora_down.weight" in parts:
-                prefix, inner = _peft_split(path)
+                prefix, inner = peft_split(path)
                 rank = parts["lora_down.weight"].shape[0]
                 parts["alpha"] = torch.tensor(
                     _peft_scale(configs.get(prefix, {}), inner, rank) * rank, dtype=torch.float64
@@ -223,7 +218,7 @@ class LoraFile:
 
     def _reference(self, network: nn.Module) -> list[LoraDelta]:
         slots = reference_slots(network)
-        count = len({int(_REFERENCE.match(k).group(1)) for k in self.tensors if _REFERENCE.match(k)})
+        count = len({int(REFERENCE_KEY.match(k).group(1)) for k in self.tensors if REFERENCE_KEY.match(k)})
         if count != len(slots):
             raise ValueError(
                 f"it holds {count} LoRA weight pairs but this Stage C has {len(slots)} attention matrices "
@@ -272,24 +267,6 @@ def _kohya_deltas(
         module, rows = lookup[flat]
         out.append(LoraDelta(module, down, up, alpha / rank, rows, stem))
     return out
-
-
-def _peft_split(path: str) -> tuple[str, str]:
-    """A diffusers/PEFT module path as (prefix, path inside the model): ``prior`` / ``unet`` / ``transformer`` / ""
-    for Stage C, ``text_encoder`` for the text encoder (also for an unprefixed ``text_model.…`` path)."""
-    head, _, rest = path.partition(".")
-    prefix, inner = (head, rest) if head in (*_PEFT_STAGE_C, "text_encoder") and rest else ("", path)
-    inner = inner.removeprefix("base_model.model.")
-    if not prefix and (inner.startswith("text_model.") or inner == "text_projection"):
-        prefix = "text_encoder"
-    return prefix, inner
-
-
-def _peft_flat(inner: str) -> str:
-    """A diffusers module path in the kohya lookup's flat form, diffusers' split attention names turned into the
-    reference's: ``attention.to_q`` -> ``attention_attn_to_q``, ``attention.to_out.0`` -> ``…_attn_out_proj``."""
-    inner = _DIFFUSERS_ATTENTION.sub(lambda m: ".attention.attn." + ("out_proj" if m[1] == "to_out.0" else m[1]), inner)
-    return inner.replace(".", "_")
 
 
 def _peft_configs(metadata: dict[str, str]) -> dict[str, dict]:
@@ -385,13 +362,13 @@ def read_lora(path: str | Path) -> LoraFile:
     if not tensors:
         raise LoraError(f"LoRA {path}: the file holds no tensors")
     bundles, skipped = _bundles(path, tensors)
-    keys = {k for k in tensors if not _BUNDLE.match(k)}
+    keys = {k for k in tensors if not BUNDLE_KEY.match(k)}
     names, source = None, ""
     if not keys:  # embeddings only
         layout = "kohya"
-    elif all(_REFERENCE.match(k) or k in ("embeddings.embeddings", "embeddings.indices") for k in keys):
+    elif all(REFERENCE_KEY.match(k) or k in ("embeddings.embeddings", "embeddings.indices") for k in keys):
         layout = "reference"
-        ids = sorted({int(_REFERENCE.match(k).group(1)) for k in keys if _REFERENCE.match(k)})
+        ids = sorted({int(REFERENCE_KEY.match(k).group(1)) for k in keys if REFERENCE_KEY.match(k)})
         if not ids:
             raise LoraError(f"LoRA {path}: it holds token embeddings but no weights.<i>.lora_down/lora_up")
         for i in range(len(ids)):
@@ -408,22 +385,22 @@ def read_lora(path: str | Path) -> LoraFile:
                     f"(got {tuple(emb.shape)} and {tuple(idx.shape)} {idx.dtype})"
                 )
             names, source = _check_tokens(path, idx.tolist(), metadata)
-    elif all(_KOHYA.match(k) for k in keys):
+    elif all(KOHYA_KEY.match(k) for k in keys):
         layout = "kohya"
-    elif all(_PEFT.match(k) for k in keys) and not any(_OTHER_KINDS.search(k) for k in keys):
+    elif all(PEFT_KEY.match(k) for k in keys) and not any(OTHER_KINDS.search(k) for k in keys):
         layout = "diffusers"
         try:
             _peft_configs(metadata)
         except ValueError as exc:
             raise LoraError(f"LoRA {path}: {exc}") from None
     else:
-        other = sorted(k for k in keys if _OTHER_KINDS.search(k))[:2]
+        other = sorted(k for k in keys if OTHER_KINDS.search(k))[:2]
         if other:
             raise LoraError(
                 f"LoRA {path}: a LyCORIS (LoHa/LoKr) or DoRA file (keys such as {', '.join(other)}); only plain "
                 "LoRA (lora_down/lora_up) files are read"
             )
-        odd = sorted(k for k in keys if not (_REFERENCE.match(k) or _KOHYA.match(k)))[:3]
+        odd = sorted(k for k in keys if not (REFERENCE_KEY.match(k) or KOHYA_KEY.match(k)))[:3]
         raise LoraError(
             f"LoRA {path}: unknown key layout (e.g. {', '.join(odd)}); read are the reference Stable Cascade layout "
             "(weights.<i>.lora_down/lora_up), the kohya/ComfyUI/OneTrainer layout "
@@ -439,11 +416,11 @@ def _bundles(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, to
     bundles: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
     for key, tensor in tensors.items():
-        m = _BUNDLE.match(key)
+        m = BUNDLE_KEY.match(key)
         if m is None:
             continue
         name, encoder = m.groups()
-        if encoder != _BUNDLE_ENCODER:
+        if encoder != BUNDLE_ENCODER:
             skipped.append(f"{name}.{encoder}")
             continue
         if not name.strip() or tensor.ndim != 2 or tensor.shape[0] == 0:

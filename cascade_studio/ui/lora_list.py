@@ -6,7 +6,9 @@ being typed in keeps its focus). The menu lists `<models dir>/lora/*.safetensors
 whose file is not found is shown flagged. Nothing here imports torch (listing is `core.paths`).
 <lora:name:weight> tags in the prompt still work: they are not moved into the list, only mentioned under it.
 A row whose file names trigger words or training tags (`core.lora_info`, read on the thread pool) gets an "Aa"
-menu that adds them to the prompt.
+menu that adds them to the prompt. A row is flagged, as a missing file is, when the file's keys are not a Stable
+Cascade LoRA's or its width says it was made for the other Stage C than the Model box's (`LoraInfo.problem`,
+`LoraInfo.variant`): Generate would stop on it with an error.
 """
 
 from __future__ import annotations
@@ -124,13 +126,13 @@ class LoraRow(QWidget):
         row.addWidget(self.weight_spin)
         row.addWidget(self.remove_button)
         self.missing = False
+        self.warning: str | None = None
         self.set_found(None, [])
 
     def set_found(self, path: Path | None, looked: list[Path]) -> None:
         self.path = path
         self.missing = path is None and bool(looked)
-        self.icon.setVisible(self.missing)
-        self.label.setStyleSheet("color: #ff6b6b;" if self.missing else "")
+        self._flag(self.missing)
         if self.missing:
             where = ", ".join(str(p) for p in looked)
             tip = f"{self.name}: not found in {where}. Generate will stop with an error until it is there."
@@ -143,12 +145,19 @@ class LoraRow(QWidget):
         if path is None:
             self.set_info(None)
 
-    def set_info(self, info: LoraInfo | str | None) -> None:
+    def _flag(self, flagged: bool) -> None:
+        """The warning icon and a red name: the file is missing, or a job would refuse it."""
+        self.icon.setVisible(flagged)
+        self.label.setStyleSheet("color: #ff6b6b;" if flagged else "")
+
+    def set_info(self, info: LoraInfo | str | None, variant: str | None = None) -> None:
         """What the file says about itself (or why it could not be read): in the name's tooltip, and the "Aa"
-        menu of its trigger words and training tags."""
+        menu of its trigger words and training tags. The row is flagged when the file cannot be read, its keys are
+        not a Stable Cascade LoRA's, or it was made for the other Stage C than ``variant`` (the Model box's)."""
         lines = [self._path_tip]
+        warning = None
         if isinstance(info, str):
-            lines.append(f"Could not read its header: {info}")
+            warning = f"Could not read its header: {info}.\nGenerate will stop with an error."
         elif info is not None:
             if info.title and info.title != lora_label(self.name):
                 lines.insert(0, info.title)
@@ -156,8 +165,23 @@ class LoraRow(QWidget):
                 lines.append("Trigger words: " + ", ".join(info.trigger_words))
             if info.tags:
                 lines.append("Training tags, most frequent first: " + ", ".join(info.tags))
-            if info.changes:
-                lines.append("Changes: " + ", ".join(info.changes))
+            if info.problem:
+                warning = f"Not usable: {info.problem}.\nGenerate will stop with an error."
+            elif info.variant and variant and info.variant != variant:
+                warning = (
+                    f"Made for Stage C {info.variant} ({info.width} wide), but the Model box is set to {variant}:\n"
+                    f"Generate will stop with an error. Choose {info.variant.capitalize()} or remove this LoRA."
+                )
+            else:
+                if info.changes:
+                    lines.append("Changes: " + ", ".join(info.changes))
+                if info.variant:
+                    lines.append(f"Made for Stage C {info.variant} ({info.width} wide)")
+        if warning:
+            lines.append(warning)
+            self.setAccessibleName(f"LoRA {lora_label(self.name)} (will stop Generate: see its tooltip)")
+        self.warning = warning
+        self._flag(self.missing or warning is not None)
         self.label.setToolTip("\n".join(lines))
         self.words_menu.clear()
         words = info.words if isinstance(info, LoraInfo) else ()
@@ -250,6 +274,7 @@ class LoraList(QWidget):
         self._session = session
         self._connections.append(session.loras_changed.connect(self._show_loras))
         self._connections.append(session.prompt_changed.connect(self._show_tags))
+        self._connections.append(session.variant_changed.connect(lambda _: self.refresh_found()))
         self._show_loras(session.loras)
         self._show_tags(session.prompt)
 
@@ -302,7 +327,7 @@ class LoraList(QWidget):
             stamp = (stat.st_mtime_ns, stat.st_size)
             known = self._infos.get(str(path))
             if known is not None and known[0] == stamp:
-                row.set_info(known[1])
+                row.set_info(known[1], self._variant())
             elif (str(path), stamp) not in self._reading:
                 self._reading.add((str(path), stamp))
                 QThreadPool.globalInstance().start(_ReadInfo(path, stamp, self._info_signals))
@@ -312,7 +337,10 @@ class LoraList(QWidget):
         self._infos[path] = (stamp, info)
         for row in self.rows:
             if row.path is not None and str(row.path) == path:
-                row.set_info(info)
+                row.set_info(info, self._variant())
+
+    def _variant(self) -> str | None:
+        return self._session.variant if self._session is not None else None
 
     def add_to_prompt(self, words: str) -> None:
         """Append ``words`` (comma-separated) to the prompt, leaving out any it already contains."""
