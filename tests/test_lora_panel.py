@@ -321,7 +321,7 @@ def test_check_layout_tells_stable_cascade_loras_from_others_and_which_stage_c_t
     assert check_layout(simpletuner) == (None, 2048)
     assert check_layout({"text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight": [4, 1280]}) == (None, None)
     sdxl = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": [4, 640], "lora_te1_x.lora_down.weight": [4, 768]}
-    assert "not a LoRA layout" in check_layout(sdxl)[0]
+    assert "unknown key layout (e.g. lora_te1_x.lora_down.weight)" in check_layout(sdxl)[0]
     sdxl_unet = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": [4, 640]}
     assert "not for Stable Cascade: it names lora_unet_input_blocks_4_1_proj_in" in check_layout(sdxl_unet)[0]
     sd15_diffusers = {"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": [4, 320]}

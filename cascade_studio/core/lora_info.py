@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,29 +119,56 @@ _DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_linear_l
 STAGE_C_VARIANTS = {2048: "full", 1536: "lite"}
 
 
+#: the reference layout's learned token embeddings (offsets and their token ids)
+REFERENCE_EMBEDDINGS = ("embeddings.embeddings", "embeddings.indices")
+
+
+def key_layout(names: Iterable[str]) -> str:
+    """The layout of a LoRA file's tensor names (bundled embeddings left out): "reference", "kohya" or "diffusers"
+    ("kohya" when only bundled embeddings are left). Raises ValueError saying why for LyCORIS/DoRA files and for
+    names in no layout read here."""
+    keys = sorted(k for k in names if not BUNDLE_KEY.match(k))
+    other = [k for k in keys if OTHER_KINDS.search(k)]
+    if other:
+        raise ValueError(
+            f"a LyCORIS (LoHa/LoKr) or DoRA file (keys such as {', '.join(other[:2])}); only plain LoRA "
+            "(lora_down/lora_up) files are read"
+        )
+    if all(KOHYA_KEY.match(k) for k in keys):
+        return "kohya"
+    if all(REFERENCE_KEY.match(k) or k in REFERENCE_EMBEDDINGS for k in keys):
+        return "reference"
+    if all(PEFT_KEY.match(k) for k in keys):
+        return "diffusers"
+    odd = [k for k in keys if not (REFERENCE_KEY.match(k) or KOHYA_KEY.match(k) or PEFT_KEY.match(k))][:3]
+    raise ValueError(
+        f"unknown key layout (e.g. {', '.join(odd)}); read are the reference Stable Cascade layout "
+        "(weights.<i>.lora_down/lora_up), the kohya/ComfyUI/OneTrainer layout (lora_prior_unet_….lora_down.weight, "
+        "text encoder lora_prior_te_…) and the diffusers/PEFT layout (prior.<module>.lora_A.weight)"
+    )
+
+
 def check_layout(shapes: dict[str, list[int]]) -> tuple[str | None, int | None]:
     """``(problem, width)`` for a LoRA file's tensors (name -> shape): why a job would refuse its keys, told from the
     names alone (None when they look like a Stable Cascade LoRA; whether its shapes fit is the job's to check), and
     the Stage C width its attention factors were made for (None when it changes no attention)."""
+    try:
+        layout = key_layout(shapes)
+    except ValueError as exc:
+        return str(exc), None
     keys = [k for k in shapes if not BUNDLE_KEY.match(k)]
-    other = sorted(k for k in keys if OTHER_KINDS.search(k))
-    if other:
-        return f"a LyCORIS (LoHa/LoKr) or DoRA file ({other[0]}); only plain LoRA files are read", None
-    if not keys:
-        return None, None
-    if all(REFERENCE_KEY.match(k) or k in ("embeddings.embeddings", "embeddings.indices") for k in keys):
+    if layout == "reference":
         shape = shapes.get("weights.0.lora_down") or []
         return None, shape[1] if len(shape) == 2 else None  # weights.0 is the first attention's out_proj (c × c)
-    if all(KOHYA_KEY.match(k) for k in keys):
-        named = [(m[1] + m[2], m[2], m[1] in TEXT_PREFIXES, k) for k in keys if (m := KOHYA_KEY.match(k))]
-    elif all(PEFT_KEY.match(k) for k in keys):
-        named = []
-        for k in keys:
+    named = []  # (the file's name for the module, its kohya flat name, in the text encoder, key)
+    for k in keys:
+        if layout == "kohya":
+            m = KOHYA_KEY.match(k)
+            named.append((m[1] + m[2], m[2], m[1] in TEXT_PREFIXES, k))
+        else:
             path = PEFT_KEY.match(k)[1]
             prefix, inner = peft_split(path)
             named.append((path, peft_flat(inner), prefix == "text_encoder", k))
-    else:
-        return f"not a LoRA layout this app reads (keys such as {sorted(keys)[0]})", None
     bad = sorted(
         {stem for stem, flat, text, _ in named if not (_TEXT_MODULE if text else _STAGE_C_MODULE).fullmatch(flat)}
     )

@@ -67,13 +67,13 @@ from ..core.lora_info import (
     BUNDLE_ENCODER,
     BUNDLE_KEY,
     KOHYA_KEY,
-    OTHER_KINDS,
     PEFT_KEY,
     PEFT_PARTS,
     REFERENCE_KEY,
     TEXT_PREFIXES,
     TRAIN_TOKENS,
     is_new_token,
+    key_layout,
     peft_flat,
     peft_split,
     sidecar_path,
@@ -362,12 +362,13 @@ def read_lora(path: str | Path) -> LoraFile:
     if not tensors:
         raise LoraError(f"LoRA {path}: the file holds no tensors")
     bundles, skipped = _bundles(path, tensors)
+    try:
+        layout = key_layout(tensors)
+    except ValueError as exc:
+        raise LoraError(f"LoRA {path}: {exc}") from None
     keys = {k for k in tensors if not BUNDLE_KEY.match(k)}
     names, source = None, ""
-    if not keys:  # embeddings only
-        layout = "kohya"
-    elif all(REFERENCE_KEY.match(k) or k in ("embeddings.embeddings", "embeddings.indices") for k in keys):
-        layout = "reference"
+    if layout == "reference":
         ids = sorted({int(REFERENCE_KEY.match(k).group(1)) for k in keys if REFERENCE_KEY.match(k)})
         if not ids:
             raise LoraError(f"LoRA {path}: it holds token embeddings but no weights.<i>.lora_down/lora_up")
@@ -385,28 +386,11 @@ def read_lora(path: str | Path) -> LoraFile:
                     f"(got {tuple(emb.shape)} and {tuple(idx.shape)} {idx.dtype})"
                 )
             names, source = _check_tokens(path, idx.tolist(), metadata)
-    elif all(KOHYA_KEY.match(k) for k in keys):
-        layout = "kohya"
-    elif all(PEFT_KEY.match(k) for k in keys) and not any(OTHER_KINDS.search(k) for k in keys):
-        layout = "diffusers"
+    elif layout == "diffusers":
         try:
             _peft_configs(metadata)
         except ValueError as exc:
             raise LoraError(f"LoRA {path}: {exc}") from None
-    else:
-        other = sorted(k for k in keys if OTHER_KINDS.search(k))[:2]
-        if other:
-            raise LoraError(
-                f"LoRA {path}: a LyCORIS (LoHa/LoKr) or DoRA file (keys such as {', '.join(other)}); only plain "
-                "LoRA (lora_down/lora_up) files are read"
-            )
-        odd = sorted(k for k in keys if not (REFERENCE_KEY.match(k) or KOHYA_KEY.match(k)))[:3]
-        raise LoraError(
-            f"LoRA {path}: unknown key layout (e.g. {', '.join(odd)}); read are the reference Stable Cascade layout "
-            "(weights.<i>.lora_down/lora_up), the kohya/ComfyUI/OneTrainer layout "
-            "(lora_prior_unet_….lora_down.weight, text encoder lora_prior_te_…) and the diffusers/PEFT layout "
-            "(prior.<module>.lora_A.weight)"
-        )
     return _checked_floats(LoraFile(path, layout, tensors, metadata, names, source, bundles, skipped))
 
 
