@@ -346,3 +346,26 @@ def test_a_row_is_flagged_when_its_lora_does_not_fit_the_model_box(panel, models
     session.variant = "full"
     assert full.warning is None and not full.icon.isVisibleTo(panel) and "Made for Stage C full" in full.label.toolTip()
     assert sdxl.warning is not None  # no model fits it
+
+
+def test_the_add_menu_says_which_files_would_stop_generate(panel, models, qtbot):
+    _lora_with_tensors(models, "full-style", {"weights.0.lora_down": (4, 2048), "weights.0.lora_up": (2048, 4)})
+    _lora_with_tensors(models, "lite-style", {"weights.0.lora_down": (4, 1536), "weights.0.lora_up": (1536, 4)})
+    _lora_with_tensors(models, "sdxl-thing", {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": (4, 640)})
+    panel.session.variant = "lite"
+    lora = panel.lora_list
+    _open_menu(panel)  # the headers are read on the thread pool; the open menu's entries change when they are in
+
+    def texts():
+        return [a.text() for a in lora.menu.actions() if not a.isSeparator()]
+
+    qtbot.waitUntil(lambda: "sdxl-thing  — not usable" in texts(), timeout=5_000)
+    qtbot.waitUntil(lambda: "full-style  — for Full" in texts(), timeout=5_000)
+    assert "lite-style" in texts() and "ink  — not usable" in texts()  # ink is not a safetensors file
+    marked = next(a for a in lora.menu.actions() if a.text() == "full-style  — for Full")
+    assert "Made for Stage C full; the Model box is set to lite" in marked.toolTip()
+    marked.trigger()
+    assert panel.session.loras == (("full-style", 1.0),)  # still addable: the Model box may change
+    panel.session.variant = "full"
+    actions = _open_menu(panel)  # read before: marked as the menu is built
+    assert "full-style" in actions and "sdxl-thing  — not usable" in actions

@@ -222,6 +222,7 @@ class LoraList(QWidget):
         # What each file says about itself, by path: (its (mtime_ns, size) when read, LoraInfo or error text).
         self._infos: dict[str, tuple[tuple[int, int], LoraInfo | str]] = {}
         self._reading: set[tuple[str, tuple[int, int]]] = set()
+        self._menu_actions: dict[str, QAction] = {}  # the Add menu's file entries by path, while it is built
         self._info_signals = _InfoSignals(self)
         self._info_signals.read.connect(self._info_read)
 
@@ -318,19 +319,25 @@ class LoraList(QWidget):
                 continue
             path = find_lora_file(row.name, self._models_dir)
             row.set_found(path, lora_candidates(row.name, self._models_dir))
-            if path is None:
-                continue
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            known = self._infos.get(str(path))
-            if known is not None and known[0] == stamp:
-                row.set_info(known[1], self._variant())
-            elif (str(path), stamp) not in self._reading:
-                self._reading.add((str(path), stamp))
-                QThreadPool.globalInstance().start(_ReadInfo(path, stamp, self._info_signals))
+            info = self._info(path) if path is not None else None
+            if info is not None:
+                row.set_info(info, self._variant())
+
+    def _info(self, path: Path) -> LoraInfo | str | None:
+        """What the file at ``path`` says about itself if read since it last changed; else None, and a read is
+        started on the thread pool (:meth:`_info_read` shows it where it belongs)."""
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        known = self._infos.get(str(path))
+        if known is not None and known[0] == stamp:
+            return known[1]
+        if (str(path), stamp) not in self._reading:
+            self._reading.add((str(path), stamp))
+            QThreadPool.globalInstance().start(_ReadInfo(path, stamp, self._info_signals))
+        return None
 
     def _info_read(self, path: str, stamp: tuple[int, int], info: LoraInfo | str) -> None:
         self._reading.discard((path, stamp))
@@ -338,6 +345,22 @@ class LoraList(QWidget):
         for row in self.rows:
             if row.path is not None and str(row.path) == path:
                 row.set_info(info, self._variant())
+        action = self._menu_actions.get(path)
+        if action is not None:
+            with contextlib.suppress(RuntimeError):  # the menu was rebuilt and the action deleted meanwhile
+                self._mark(action, path, info)
+
+    def _mark(self, action: QAction, path: str, info: LoraInfo | str) -> None:
+        """Say in the Add menu when a file would stop Generate: not a Stable Cascade LoRA, or made for the other
+        Stage C than the Model box's."""
+        name = action.data()
+        variant = self._variant()
+        if isinstance(info, str) or info.problem:
+            action.setText(f"{name}  — not usable")
+            action.setToolTip(f"{path}\n{info if isinstance(info, str) else info.problem}")
+        elif info.variant and variant and info.variant != variant:
+            action.setText(f"{name}  — for {info.variant.capitalize()}")
+            action.setToolTip(f"{path}\nMade for Stage C {info.variant}; the Model box is set to {variant}")
 
     def _variant(self) -> str | None:
         return self._session.variant if self._session is not None else None
@@ -390,9 +413,16 @@ class LoraList(QWidget):
         listed = {name for name, _ in self._session.loras} if self._session is not None else set()
         folder = lora_folder(self._models_dir) if self._models_dir is not None else None
         names = list_loras(self._models_dir) if self._models_dir is not None else []
+        self._menu_actions = {}
         for name in names:
             action = self.menu.addAction(name)
-            action.setToolTip(str(folder / f"{name}{LORA_SUFFIX}"))
+            action.setData(name)
+            path = folder / f"{name}{LORA_SUFFIX}"
+            action.setToolTip(str(path))
+            self._menu_actions[str(path)] = action
+            info = self._info(path)
+            if info is not None:
+                self._mark(action, str(path), info)
             if name in listed:
                 action.setCheckable(True)
                 action.setChecked(True)
