@@ -27,12 +27,34 @@ def describe_file(path: Path) -> str:
             header = read_header(path)
         except CheckpointError:
             return f"unusable: {exc}"
-        label = _clip_label(header)
+        label = _clip_label(header) or _lora_label(path, header)
         if label is None:
             return f"unusable: {exc}"
+        if label.startswith("unusable"):
+            return label
     dtypes = "/".join(sorted(header.float_dtypes)) or "-"
     values = sum(math.prod(t.shape) for t in header.tensors.values())
     return f"{label}, {dtypes}, {_count(values)} values"
+
+
+def _lora_label(path: Path, header) -> str | None:
+    """What a LoRA file is for (layout, Stage C variant, what it changes), "unusable: …" when a job would refuse its
+    keys, or None when its keys are no LoRA's at all."""
+    from .core.lora_info import KOHYA_KEY, OTHER_KINDS, PEFT_KEY, REFERENCE_KEY, key_layout, read_lora_info
+
+    keys = list(header.tensors)
+    if not any(p.search(k) for k in keys for p in (KOHYA_KEY, PEFT_KEY, REFERENCE_KEY, OTHER_KINDS)):
+        return None
+    try:
+        info = read_lora_info(path)
+        layout = key_layout(keys)
+    except ValueError as exc:
+        return f"unusable: LoRA {path}: {exc}"
+    if info.problem:
+        return f"unusable: LoRA {path}: {info.problem}"
+    made_for = f", made for Stage C {info.variant}" if info.variant else ""
+    changes = f", changes {' and '.join(info.changes)}" if info.changes else ""
+    return f"LoRA ({layout} layout{made_for}{changes})"
 
 
 def _clip_label(header) -> str | None:

@@ -127,3 +127,21 @@ def test_info_recognises_the_clip_encoders(demo_models, capsys):
     out = capsys.readouterr().out
     assert "text_encoder/model.safetensors (6.4 MB): CLIP text encoder (transformers format)" in out
     assert "ViT-L-14-openai.safetensors (551.6 KB): CLIP image encoder (open_clip format)" in out
+
+
+def test_info_and_inspect_describe_lora_files(demo_models, tmp_path, capsys):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    assert main(["--models-dir", str(demo_models), "info"]) == 0
+    assert "lora/demo-style.safetensors" in (out := capsys.readouterr().out)
+    assert "LoRA (reference layout, changes Stage C), F32" in out
+    kohya = tmp_path / "ink-lite.safetensors"
+    stem = "lora_prior_unet_down_blocks_1_5_attention_attn_to_q"
+    save_file({f"{stem}.lora_down.weight": np.zeros((4, 1536), np.float32)}, str(kohya))
+    sdxl = tmp_path / "sdxl.safetensors"
+    save_file({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": np.zeros((4, 640), np.float32)}, str(sdxl))
+    assert main(["inspect", str(kohya)]) == 0
+    assert "LoRA (kohya layout, made for Stage C lite, changes Stage C)" in capsys.readouterr().out
+    assert main(["inspect", str(sdxl)]) == 1
+    assert "unusable: LoRA" in (out := capsys.readouterr().out) and "not for Stable Cascade" in out
