@@ -369,3 +369,23 @@ def test_the_add_menu_says_which_files_would_stop_generate(panel, models, qtbot)
     panel.session.variant = "full"
     actions = _open_menu(panel)  # read before: marked as the menu is built
     assert "full-style" in actions and "sdxl-thing  — not usable" in actions
+
+
+def test_dropping_lora_files_on_the_panel_adds_them(panel, models, tmp_path):
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    elsewhere = tmp_path / "downloads" / "new-style.safetensors"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"{}")
+    mime = QMimeData()
+    mime.setUrls(
+        [QUrl.fromLocalFile(str(models / LORA_FOLDER / "ink.safetensors")), QUrl.fromLocalFile(str(elsewhere))]
+    )
+    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                      Qt.KeyboardModifier.NoModifier)  # fmt: skip
+    panel.dragEnterEvent(drop)  # a synthetic drop is not routed by Qt; call the handlers as a real drag would
+    assert drop.isAccepted()
+    panel.dropEvent(drop)
+    assert panel.session.loras == (("ink", 1.0), (str(elsewhere), 1.0))  # in the LoRA folder: by name
+    assert panel.session.source_image == "" and panel.session.mode == "text"  # not taken for an image

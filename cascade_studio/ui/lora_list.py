@@ -452,9 +452,15 @@ class LoraList(QWidget):
         start = str(lora_folder(self._models_dir)) if self._models_dir is not None else ""
         path, _ = QFileDialog.getOpenFileName(self, "LoRA file", start, f"LoRA files (*{LORA_SUFFIX})")
         if path:
-            folder = lora_folder(self._models_dir) if self._models_dir is not None else None
-            inside = folder is not None and Path(path).parent == folder and Path(path).suffix == LORA_SUFFIX
-            self.add(Path(path).stem if inside else path)
+            self.add_file(path)
+
+    def add_file(self, path: str | Path) -> None:
+        """Append the LoRA file at ``path``: by name when it is in the LoRA folder (as the menu adds it), else by
+        path."""
+        path = Path(path)
+        folder = lora_folder(self._models_dir) if self._models_dir is not None else None
+        inside = folder is not None and path.parent == folder and path.suffix == LORA_SUFFIX
+        self.add(path.stem if inside else str(path))
 
     def open_folder(self) -> None:
         if self._models_dir is None:

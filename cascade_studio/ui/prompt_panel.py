@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.geometry import MAX_SIZE, MIN_SIZE, SIZE_STEP
+from ..core.paths import LORA_SUFFIX
 from ..core.request import MASK_MODES, MAX_MASK_PIXELS, MAX_SEED, STRENGTH_MODES
 from ..state.session import (
     CUSTOM,
@@ -78,6 +79,14 @@ def image_paths_from_mime(mime) -> list[str]:
     formats = {bytes(f).decode().lower() for f in QImageReader.supportedImageFormats()}
     paths = [url.toLocalFile() for url in mime.urls() if url.isLocalFile()]
     return [p for p in paths if Path(p).suffix.lower().lstrip(".") in formats and Path(p).is_file()]
+
+
+def lora_paths_from_mime(mime) -> list[str]:
+    """Local LoRA files (.safetensors) in a drop."""
+    if not mime.hasUrls():
+        return []
+    paths = [url.toLocalFile() for url in mime.urls() if url.isLocalFile()]
+    return [p for p in paths if Path(p).suffix.lower() == LORA_SUFFIX and Path(p).is_file()]
 
 
 # -- bindings ------------------------------------------------------------------------------------------
@@ -635,11 +644,16 @@ class PromptPanel(QWidget):
             self.set_source_image(path)
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
-        if image_paths_from_mime(event.mimeData()):
+        if image_paths_from_mime(event.mimeData()) or lora_paths_from_mime(event.mimeData()):
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """An image becomes the source image; LoRA files (.safetensors) join the LoRA list."""
+        loras = lora_paths_from_mime(event.mimeData())
+        for path in loras:
+            self.lora_list.add_file(path)
         paths = image_paths_from_mime(event.mimeData())
         if paths:
             self.set_source_image(paths[0])
+        if paths or loras:
             event.acceptProposedAction()
