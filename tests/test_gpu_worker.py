@@ -244,13 +244,15 @@ def test_invalid_request_and_broken_weights_fail_with_their_kind(qtbot, make_ser
     service, rec = make_service(demo=False, models_dir=broken)
     invalid = service.submit(tiny_request(width=300))
     no_source = service.submit(tiny_request(mode="img2img", source_image=str(tmp_path / "nowhere.png")))
+    no_lora = service.submit(tiny_request(loras=(("nope", 1.0),)))
     error = service.submit(tiny_request())
     qtbot.waitUntil(lambda: rec.outcome(error) is not None, timeout=TIMEOUT_MS)
     failures = {e[1]: e[2:] for e in rec.of("job_failed")}
     assert failures[invalid][1] == "invalid" and "width must be a multiple of 128" in failures[invalid][0]
     assert failures[no_source][1] == "invalid" and "nowhere.png" in failures[no_source][0]
+    assert failures[no_lora][1] == "invalid" and failures[no_lora][0].startswith("LoRA 'nope' not found")
     assert failures[error][1] == "error" and "stage_b_lite.safetensors" in failures[error][0]
-    assert [rec.outcome(j) for j in (invalid, no_source, error)] == ["failed"] * 3
+    assert [rec.outcome(j) for j in (invalid, no_source, no_lora, error)] == ["failed"] * 4
     assert images_in(tmp_path / "out") == []
 
 

@@ -288,3 +288,18 @@ def test_cli_lora_option_and_prompt_tag(tmp_path, monkeypatch, capsys, demo_cach
     assert read_metadata(outs[1]).request.loras == (("demo-style", 0.8),)
     assert main([*base, "a cat", "--out", str(tmp_path / "x"), "--lora", "nope"]) == 2
     assert "LoRA 'nope' not found" in capsys.readouterr().err
+
+
+def test_a_lora_for_a_stage_c_of_another_width_stops_the_job_before_anything_loads(tmp_path, demo_models):
+    pipeline = Pipeline(ModelSet(demo_models))
+    (width,) = pipeline.models.stage_c_widths  # read from the file's header
+    assert pipeline.models.loaded() == {}
+    wider = StageC(**{**TINY, "c_hidden": [width + 16] * 2})
+    path = write(tmp_path / "wide.safetensors", reference_lora_tensors(wider, rank=2))
+    request = GenerationRequest("a lighthouse", seed=5, stage_c=StageSettings(2, 4.0, 2.0), width=256, height=256)
+    expected = (
+        rf"wide\.safetensors: made for a Stage C {width + 16} wide, but this job's Stage C \(.*\) is {width} wide"
+    )
+    with pytest.raises(LoraError, match=expected):
+        pipeline.run(request.with_(loras=((str(path), 1.0),)))
+    assert pipeline.models.loaded() == {}  # refused from headers alone: no network was loaded

@@ -308,7 +308,7 @@ def test_check_layout_tells_stable_cascade_loras_from_others_and_which_stage_c_t
     from cascade_studio.core.lora_info import check_layout
 
     full_reference = {"weights.0.lora_down": [4, 2048], "weights.0.lora_up": [2048, 4]}
-    assert check_layout(full_reference) == (None, 2048)
+    assert check_layout(full_reference) == (None, {2048})
     onetrainer = {
         "lora_prior_unet_down_blocks_1_5_attention_attn_to_q.lora_down.weight": [8, 1536],
         "lora_prior_unet_down_blocks_1_5_attention_attn_to_q.lora_up.weight": [1536, 8],
@@ -316,10 +316,10 @@ def test_check_layout_tells_stable_cascade_loras_from_others_and_which_stage_c_t
         "lora_prior_unet_clip_txt_mapper.alpha": [],
         "bundle_emb.<zxq>.clip_g": [2, 1280],
     }
-    assert check_layout(onetrainer) == (None, 1536)
+    assert check_layout(onetrainer) == (None, {1536})
     simpletuner = {"prior.up_blocks.0.3.attention.to_out.0.lora_A.weight": [16, 2048]}
-    assert check_layout(simpletuner) == (None, 2048)
-    assert check_layout({"text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight": [4, 1280]}) == (None, None)
+    assert check_layout(simpletuner) == (None, {2048})
+    assert check_layout({"text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight": [4, 1280]}) == (None, set())
     sdxl = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": [4, 640], "lora_te1_x.lora_down.weight": [4, 768]}
     assert "unknown key layout (e.g. lora_te1_x.lora_down.weight)" in check_layout(sdxl)[0]
     sdxl_unet = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": [4, 640]}

@@ -37,7 +37,12 @@ class LoraInfo:
     tags: tuple[str, ...] = ()  # most frequent first, at most MAX_TAGS
     changes: tuple[str, ...] = ()  # of CHANGES, in that order
     problem: str | None = None  # why a job would refuse the file's keys (check_layout), None when they look right
-    width: int | None = None  # the Stage C width its attention factors fit, when it has any
+    widths: frozenset[int] = frozenset()  # the Stage C widths its attention factors fit (check_layout)
+
+    @property
+    def width(self) -> int | None:
+        """The one Stage C width its attention factors fit, or None (no attention factors, or several widths)."""
+        return next(iter(self.widths)) if len(self.widths) == 1 else None
 
     @property
     def variant(self) -> str | None:
@@ -148,18 +153,19 @@ def key_layout(names: Iterable[str]) -> str:
     )
 
 
-def check_layout(shapes: dict[str, list[int]]) -> tuple[str | None, int | None]:
-    """``(problem, width)`` for a LoRA file's tensors (name -> shape): why a job would refuse its keys, told from the
+def check_layout(shapes: dict[str, list[int]]) -> tuple[str | None, frozenset[int]]:
+    """``(problem, widths)`` for a LoRA file's tensors (name -> shape): why a job would refuse its keys, told from the
     names alone (None when they look like a Stable Cascade LoRA; whether its shapes fit is the job's to check), and
-    the Stage C width its attention factors were made for (None when it changes no attention)."""
+    the Stage C widths its attention factors were made for (the input width of each; empty when it changes no
+    attention)."""
     try:
         layout = key_layout(shapes)
     except ValueError as exc:
-        return str(exc), None
+        return str(exc), frozenset()
     keys = [k for k in shapes if not BUNDLE_KEY.match(k)]
     if layout == "reference":
-        shape = shapes.get("weights.0.lora_down") or []
-        return None, shape[1] if len(shape) == 2 else None  # weights.0 is the first attention's out_proj (c × c)
+        downs = [shapes[k] for k in keys if k.endswith(".lora_down") and len(shapes[k]) == 2]
+        return None, frozenset(shape[1] for shape in downs)  # every entry is an attention's out_proj or in_proj
     named = []  # (the file's name for the module, its kohya flat name, in the text encoder, key)
     for k in keys:
         if layout == "kohya":
@@ -174,10 +180,10 @@ def check_layout(shapes: dict[str, list[int]]) -> tuple[str | None, int | None]:
     )
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        return f"not for Stable Cascade: it names {bad[0]}{more}, which Stage C and its text encoder lack", None
-    widths = [shapes[k][1] for _, flat, text, k in named if not text and _ATTENTION_INPUT.search(flat)
-              and k.endswith(_DOWN) and len(shapes[k]) >= 2]  # fmt: skip
-    return None, widths[0] if widths else None
+        return f"not for Stable Cascade: it names {bad[0]}{more}, which Stage C and its text encoder lack", frozenset()
+    widths = {shapes[k][1] for _, flat, text, k in named if not text and _ATTENTION_INPUT.search(flat)
+              and k.endswith(_DOWN) and len(shapes[k]) >= 2}  # fmt: skip
+    return None, frozenset(widths)
 
 
 #: what a LoRA's tensors change, told by their names' prefixes (the layouts pipeline/lora.py reads)
@@ -270,5 +276,5 @@ def read_lora_info(path: str | Path) -> LoraInfo:
     unique = tuple(dict.fromkeys(triggers))
     title = metadata.get("modelspec.title") or metadata.get("ss_output_name") or None
     changes = tuple(part for part, prefixes in CHANGES.items() if any(n.startswith(prefixes) for n in names))
-    problem, width = check_layout(shapes)
-    return LoraInfo(title, unique, _tags(metadata.get("ss_tag_frequency")), changes, problem, width)
+    problem, widths = check_layout(shapes)
+    return LoraInfo(title, unique, _tags(metadata.get("ss_tag_frequency")), changes, problem, widths)

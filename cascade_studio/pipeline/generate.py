@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..core.geometry import effnet_input_size, snap_size, stage_b_latent_size, stage_c_latent_size
 from ..core.inpaint import InputError, prepare_mask_job, repaint_area
+from ..core.lora_info import STAGE_C_VARIANTS
 from ..core.request import MASK_MODES, STRENGTH_MODES, GenerationRequest, split_lora_tags
 from ..networks.effnet import imagenet_normalize
 from ..networks.lora import apply_loras
@@ -35,7 +36,7 @@ from .control import (
 )
 from .device import cpu_has_native_bf16
 from .graphs import maybe_graphed
-from .lora import LoraCache, LoraFile, find_lora, token_overrides
+from .lora import LoraCache, LoraError, LoraFile, find_lora, token_overrides
 from .models import MissingWeights, ModelSet
 from .sampling import SeededNoise, diffuse, sample
 
@@ -99,6 +100,12 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def _stage_c_named(widths: frozenset[int]) -> str:
+    """ "2048 wide (Stage C full)" for a set of attention widths."""
+    variant = STAGE_C_VARIANTS.get(next(iter(widths))) if len(widths) == 1 else None
+    return f"{' / '.join(map(str, sorted(widths)))} wide" + (f" (Stage C {variant})" if variant else "")
+
+
 class Pipeline:
     """Runs requests on a :class:`ModelSet`. Not thread-safe: one thread (the GPU worker or the
     command line) owns a pipeline and runs one request at a time."""
@@ -121,8 +128,19 @@ class Pipeline:
 
     def loras(self, request: GenerationRequest) -> list[tuple[LoraFile, float]]:
         """The request's LoRA files (its ``loras`` then its prompt tags) with their weights, read and checked once
-        (:class:`LoraCache`); raises :class:`LoraError` naming a missing or unfit file."""
-        return [(self.lora_cache.get(find_lora(name, self.models.folder)), w) for name, w in request.all_loras()]
+        (:class:`LoraCache`); raises :class:`LoraError` naming a missing or unfit file. A file made for a Stage C
+        of another width is refused here, from the Stage C file's header, before any network is loaded."""
+        loras = [(self.lora_cache.get(find_lora(name, self.models.folder)), w) for name, w in request.all_loras()]
+        widths = self.models.stage_c_widths
+        for lora, _ in loras:
+            made = lora.stage_c_widths
+            if made and widths and not made <= widths:
+                raise LoraError(
+                    f"LoRA {lora.path}: made for a Stage C {_stage_c_named(made)}, but this job's Stage C "
+                    f"({self.models.path('stage_c').name}) is {_stage_c_named(widths)}; choose the matching model "
+                    "(the Model box, or --variant) or another LoRA"
+                )
+        return loras
 
     def plan(self, request: GenerationRequest) -> Plan:
         """Resolve how ``request`` runs, reading only file headers. Inpaint/outpaint with method "auto" use the

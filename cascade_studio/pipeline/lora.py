@@ -72,6 +72,7 @@ from ..core.lora_info import (
     REFERENCE_KEY,
     TEXT_PREFIXES,
     TRAIN_TOKENS,
+    check_layout,
     is_new_token,
     key_layout,
     peft_flat,
@@ -149,6 +150,11 @@ class LoraFile:
                 f"(only input vectors for CLIP-G, bundle_emb.<name>.{BUNDLE_ENCODER}, are used)"
             )
         return "; ".join(notes) or None
+
+    @property
+    def stage_c_widths(self) -> frozenset[int]:
+        """The Stage C widths its attention factors were made for (:func:`core.lora_info.check_layout`)."""
+        return check_layout({k: list(t.shape) for k, t in self.tensors.items()})[1]
 
     @property
     def has_text_part(self) -> bool:

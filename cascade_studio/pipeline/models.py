@@ -214,6 +214,16 @@ class ModelSet:
         return {role: next(m.parameters()).device for role, m in self._networks.items()}
 
     @property
+    def stage_c_widths(self) -> frozenset[int]:
+        """The widths of Stage C's attentions (each in_proj_weight is 3c × c), read from the file's header without
+        loading it; empty when the file is missing."""
+        path = self.path("stage_c")
+        if path is None:
+            return frozenset()
+        tensors = read_header(path).tensors
+        return frozenset(t.shape[1] for k, t in tensors.items() if k.endswith(".attention.attn.in_proj_weight"))
+
+    @property
     def c_clip_img(self) -> int:
         """Width of Stage C's image embedding, read from the file without loading it."""
         return read_header(self._path("stage_c")).tensors["clip_img_mapper.weight"].shape[1]

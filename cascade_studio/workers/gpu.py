@@ -271,8 +271,13 @@ class GpuWorker(QObject):
         except InputError as exc:  # a ControlNet that does not fit this Stage C
             raise _Failure(str(exc), "invalid") from None
         notes = [plan.note] if plan.note else []  # e.g. "inpainting by latent blending (…)"
-        # a LoRA whose learned tokens cannot be used says so (the files are read once: the run reuses them)
-        notes += [lora.token_warning for lora, _ in pipeline.loras(request) if lora.token_warning]
+        # the LoRA files are read and checked (a missing or unfit one fails the job before anything loads); one
+        # whose learned tokens cannot be used says so (the files are read once: the run reuses them)
+        try:
+            loras = pipeline.loras(request)
+        except ValueError as exc:  # LoraError
+            raise _Failure(str(exc), "invalid") from None
+        notes += [lora.token_warning for lora, _ in loras if lora.token_warning]
         if notes:
             self.job_note.emit(job.id, "; ".join(notes))
         model_name = "demo" if config.demo else files["stage_c"].name.removesuffix(".safetensors")
