@@ -10,7 +10,8 @@
   first; a style or character LoRA's activation word is usually among the first.
 * A **title**: ``modelspec.title``, else kohya's ``ss_output_name``.
 * What it **changes**, from its tensor names: Stage C, the text encoder (a kohya/OneTrainer ``lora_prior_te_…`` or
-  a diffusers ``text_encoder.…`` part), learned tokens (a reference LoRA's ``embeddings.*``).
+  a diffusers ``text_encoder.…`` part), learned tokens (a reference LoRA's ``embeddings.*``, bundled embeddings).
+* Whether a job would refuse its keys, and which Stage C width it was made for (:func:`check_layout`).
 
 Nothing here fails on a file without metadata; a file that is not a safetensors file raises ValueError naming it.
 """
@@ -23,6 +24,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 #: safetensors metadata key (and sidecar ``<stem>.json`` key) naming a reference LoRA's tokens
 TRAIN_TOKENS = "train_tokens"
@@ -79,9 +81,9 @@ OTHER_KINDS = re.compile(r"\.(hada_w\d_[ab]|lokr_w\d(_[ab])?|dora_scale|lora_mid
 #: diffusers / PEFT keys: module path, then which factor (PEFT's names and diffusers' older ones)
 PEFT_KEY = re.compile(r"^(.+)\.(lora_A\.weight|lora_B\.weight|lora\.down\.weight|lora\.up\.weight|"
                       r"lora_linear_layer\.down\.weight|lora_linear_layer\.up\.weight|alpha)$")  # fmt: skip
-PEFT_PARTS = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "lora.down": "lora_down.weight",
-              "lora.up": "lora_up.weight", "lora_linear_layer.down": "lora_down.weight",
-              "lora_linear_layer.up": "lora_up.weight", "alpha": "alpha"}  # fmt: skip
+_PEFT_PARTS = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "lora.down": "lora_down.weight",
+               "lora.up": "lora_up.weight", "lora_linear_layer.down": "lora_down.weight",
+               "lora_linear_layer.up": "lora_up.weight", "alpha": "alpha"}  # fmt: skip
 _PEFT_STAGE_C = ("prior", "unet", "transformer")
 #: diffusers' StableCascadeUNet attention names -> the reference's (the kohya lookup's), at the end of a module path
 _DIFFUSERS_ATTENTION = re.compile(r"\.attention\.(to_q|to_k|to_v|to_out\.0)$")
@@ -91,7 +93,7 @@ BUNDLE_KEY = re.compile(r"^bundle_emb\.(.+)\.([^.]+)$")
 BUNDLE_ENCODER = "clip_g"  # the vectors for Stable Cascade's text encoder
 
 
-def peft_split(path: str) -> tuple[str, str]:
+def _peft_split(path: str) -> tuple[str, str]:
     """A diffusers/PEFT module path as (prefix, path inside the model): ``prior`` / ``unet`` / ``transformer`` / ""
     for Stage C, ``text_encoder`` for the text encoder (also for an unprefixed ``text_model.…`` path)."""
     head, _, rest = path.partition(".")
@@ -102,11 +104,41 @@ def peft_split(path: str) -> tuple[str, str]:
     return prefix, inner
 
 
-def peft_flat(inner: str) -> str:
+def _peft_flat(inner: str) -> str:
     """A diffusers module path in the kohya lookup's flat form, diffusers' split attention names turned into the
     reference's: ``attention.to_q`` -> ``attention_attn_to_q``, ``attention.to_out.0`` -> ``…_attn_out_proj``."""
     inner = _DIFFUSERS_ATTENTION.sub(lambda m: ".attention.attn." + ("out_proj" if m[1] == "to_out.0" else m[1]), inner)
     return inner.replace(".", "_")
+
+
+class ModuleKey(NamedTuple):
+    """One tensor of a kohya- or diffusers-layout LoRA, with the module it changes."""
+
+    key: str  # the tensor's name in the file
+    module: str  # the file's name for the module: lora_prior_unet_…_to_q, prior.down_blocks.0.2.attention.to_q
+    prefix: str  # lora_prior_unet_, lora_prior_te_ … (kohya); prior, unet, transformer, text_encoder or "" (diffusers)
+    inner: str  # the module's path inside its model (diffusers' dotted path; the kohya flat name)
+    flat: str  # the kohya lookup's name, without prefix: down_blocks_0_2_attention_attn_to_q
+    text: bool  # in the text encoder (else Stage C)
+    part: str  # "lora_down.weight", "lora_up.weight" or "alpha"
+
+
+def module_keys(names: Iterable[str], layout: str) -> list[ModuleKey]:
+    """The tensors of a file in the ``layout`` (:func:`key_layout`) "kohya" or "diffusers", bundled embeddings left
+    out, each with the module it changes: one reading of the names for the job's reader and the header check."""
+    out = []
+    for key in names:
+        if BUNDLE_KEY.match(key):
+            continue
+        if layout == "kohya":
+            m = KOHYA_KEY.match(key)
+            out.append(ModuleKey(key, m[1] + m[2], m[1], m[2], m[2], m[1] in TEXT_PREFIXES, m[3]))
+        else:
+            path, part = PEFT_KEY.match(key).groups()
+            prefix, inner = _peft_split(path)
+            part = _PEFT_PARTS[part.removesuffix(".weight")]
+            out.append(ModuleKey(key, path, prefix, inner, _peft_flat(inner), prefix == "text_encoder", part))
+    return out
 
 
 #: Stage C's Linear layers and packed attentions in the kohya lookup's flat form (what a LoRA may change there), and
@@ -119,7 +151,6 @@ _TEXT_MODULE = re.compile(
     r"text_model_encoder_layers_\d+_(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc[12])|text_projection"
 )
 _ATTENTION_INPUT = re.compile(r"_attention_attn_(to_[qkv]|in_proj|out_proj)$")
-_DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_linear_layer.down.weight")
 #: the released Stage C widths (checkpoint manifests stage_c / stage_c_lite: c_hidden)
 STAGE_C_VARIANTS = {2048: "full", 1536: "lite"}
 
@@ -158,40 +189,39 @@ def check_layout(shapes: dict[str, list[int]]) -> tuple[str | None, frozenset[in
     names alone (None when they look like a Stable Cascade LoRA; whether its shapes fit is the job's to check), and
     the Stage C widths its attention factors were made for (the input width of each; empty when it changes no
     attention)."""
+    problem, widths, _ = _survey(shapes)
+    return problem, widths
+
+
+#: what a LoRA may change, in the order they are listed
+CHANGES = ("Stage C", "text encoder", "learned tokens")
+
+
+def _survey(shapes: dict[str, list[int]]) -> tuple[str | None, frozenset[int], tuple[str, ...]]:
+    """:func:`check_layout`'s problem and widths, and what the file changes (of :data:`CHANGES`)."""
+    tokens = any(BUNDLE_KEY.match(k) or k in REFERENCE_EMBEDDINGS for k in shapes)
+
+    def changed(stage_c: bool, text: bool) -> tuple[str, ...]:
+        return tuple(name for name, present in zip(CHANGES, (stage_c, text, tokens), strict=True) if present)
+
     try:
         layout = key_layout(shapes)
     except ValueError as exc:
-        return str(exc), frozenset()
-    keys = [k for k in shapes if not BUNDLE_KEY.match(k)]
+        return str(exc), frozenset(), ()
     if layout == "reference":
-        downs = [shapes[k] for k in keys if k.endswith(".lora_down") and len(shapes[k]) == 2]
-        return None, frozenset(shape[1] for shape in downs)  # every entry is an attention's out_proj or in_proj
-    named = []  # (the file's name for the module, its kohya flat name, in the text encoder, key)
-    for k in keys:
-        if layout == "kohya":
-            m = KOHYA_KEY.match(k)
-            named.append((m[1] + m[2], m[2], m[1] in TEXT_PREFIXES, k))
-        else:
-            path = PEFT_KEY.match(k)[1]
-            prefix, inner = peft_split(path)
-            named.append((path, peft_flat(inner), prefix == "text_encoder", k))
-    bad = sorted(
-        {stem for stem, flat, text, _ in named if not (_TEXT_MODULE if text else _STAGE_C_MODULE).fullmatch(flat)}
-    )
+        downs = [shape for k, shape in shapes.items() if REFERENCE_KEY.match(k) and k.endswith("_down")]
+        # every entry is an attention's out_proj or packed in_proj: its input is Stage C's width
+        return None, frozenset(shape[1] for shape in downs if len(shape) == 2), changed(bool(downs), False)
+    keys = module_keys(shapes, layout)
+    changes = changed(any(not k.text for k in keys), any(k.text for k in keys))
+    bad = sorted({k.module for k in keys if not (_TEXT_MODULE if k.text else _STAGE_C_MODULE).fullmatch(k.flat)})
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        return f"not for Stable Cascade: it names {bad[0]}{more}, which Stage C and its text encoder lack", frozenset()
-    widths = {shapes[k][1] for _, flat, text, k in named if not text and _ATTENTION_INPUT.search(flat)
-              and k.endswith(_DOWN) and len(shapes[k]) >= 2}  # fmt: skip
-    return None, frozenset(widths)
-
-
-#: what a LoRA's tensors change, told by their names' prefixes (the layouts pipeline/lora.py reads)
-CHANGES = {
-    "Stage C": ("weights.", "lora_prior_unet_", "lora_unet_", "prior.", "unet.", "transformer."),
-    "text encoder": ("lora_prior_te_", "lora_te_", "text_encoder.", "text_model."),
-    "learned tokens": ("embeddings.", "bundle_emb."),
-}
+        problem = f"not for Stable Cascade: it names {bad[0]}{more}, which Stage C and its text encoder lack"
+        return problem, frozenset(), changes
+    widths = {shapes[k.key][1] for k in keys if not k.text and k.part == "lora_down.weight"
+              and _ATTENTION_INPUT.search(k.flat) and len(shapes[k.key]) >= 2}  # fmt: skip
+    return None, frozenset(widths), changes
 
 
 def _read_header(path: str | Path) -> tuple[dict[str, str], dict[str, list[int]]]:
@@ -275,6 +305,5 @@ def read_lora_info(path: str | Path) -> LoraInfo:
             triggers += _new_tokens(data.get(TRAIN_TOKENS))
     unique = tuple(dict.fromkeys(triggers))
     title = metadata.get("modelspec.title") or metadata.get("ss_output_name") or None
-    changes = tuple(part for part, prefixes in CHANGES.items() if any(n.startswith(prefixes) for n in names))
-    problem, widths = check_layout(shapes)
+    problem, widths, changes = _survey(shapes)
     return LoraInfo(title, unique, _tags(metadata.get("ss_tag_frequency")), changes, problem, widths)

@@ -66,17 +66,13 @@ from torch import nn
 from ..core.lora_info import (
     BUNDLE_ENCODER,
     BUNDLE_KEY,
-    KOHYA_KEY,
-    PEFT_KEY,
-    PEFT_PARTS,
     REFERENCE_KEY,
-    TEXT_PREFIXES,
     TRAIN_TOKENS,
+    ModuleKey,
     check_layout,
     is_new_token,
     key_layout,
-    peft_flat,
-    peft_split,
+    module_keys,
     sidecar_path,
 )
 from ..core.paths import find_lora_file, list_loras, lora_candidates, lora_folder
@@ -159,7 +155,7 @@ class LoraFile:
     @property
     def has_text_part(self) -> bool:
         """Whether the file changes the text encoder (``lora_prior_te_…`` / ``lora_te_…`` / ``text_encoder.…``)."""
-        return self.layout != "reference" and bool(self._groups(text=True))
+        return self.layout != "reference" and any(k.text for k in module_keys(self.tensors, self.layout))
 
     def deltas(self, network: nn.Module) -> list[LoraDelta]:
         """The deltas for ``network`` (a Stage C); raises :class:`LoraError` when the file does not fit it."""
@@ -200,26 +196,18 @@ class LoraFile:
         kohya name without prefix) -> {"lora_down.weight", "lora_up.weight", "alpha"}. A diffusers/PEFT file's
         scale is turned into an ``alpha`` (scale × rank) here."""
         groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-        tensors = {k: v for k, v in self.tensors.items() if not BUNDLE_KEY.match(k)}
-        if self.layout == "kohya":
-            for key, tensor in tensors.items():
-                m = KOHYA_KEY.match(key)
-                if (m.group(1) in TEXT_PREFIXES) == text:
-                    groups.setdefault((m.group(1) + m.group(2), m.group(2)), {})[m.group(3)] = tensor
-            return groups
-        for key, tensor in tensors.items():
-            path, part = PEFT_KEY.match(key).groups()
-            prefix, inner = peft_split(path)
-            if (prefix == "text_encoder") == text:
-                groups.setdefault((path, peft_flat(inner)), {})[PEFT_PARTS[part.removesuffix(".weight")]] = tensor
-        configs = _peft_configs(self.metadata)
-        for (path, _), parts in groups.items():
-            if "alpha" not in parts and "lora_down.weight" in parts:
-                prefix, inner = peft_split(path)
-                rank = parts["lora_down.weight"].shape[0]
-                parts["alpha"] = torch.tensor(
-                    _peft_scale(configs.get(prefix, {}), inner, rank) * rank, dtype=torch.float64
-                )
+        where: dict[tuple[str, str], ModuleKey] = {}
+        for k in module_keys(self.tensors, self.layout):
+            if k.text == text:
+                groups.setdefault((k.module, k.flat), {})[k.part] = self.tensors[k.key]
+                where[k.module, k.flat] = k
+        if self.layout == "diffusers":
+            configs = _peft_configs(self.metadata)
+            for name, parts in groups.items():
+                if "alpha" not in parts and "lora_down.weight" in parts:
+                    rank = parts["lora_down.weight"].shape[0]
+                    scale = _peft_scale(configs.get(where[name].prefix, {}), where[name].inner, rank)
+                    parts["alpha"] = torch.tensor(scale * rank, dtype=torch.float64)
         return groups
 
     def _reference(self, network: nn.Module) -> list[LoraDelta]:
