@@ -460,7 +460,7 @@ class TokenOverrides:
             raise ValueError("ids must be (m,) int64 and rows (m, width)")
         if self.rows.shape[0] != self.ids.shape[0] or len(set(self.ids.tolist())) != self.ids.shape[0]:
             raise ValueError("every listed id needs exactly one row")
-        if len({_normal_token(t) for t in self.added}) != len(self.added) or not all(t.strip() for t in self.added):
+        if len({normal_token(t) for t in self.added}) != len(self.added) or not all(t.strip() for t in self.added):
             raise ValueError("added tokens must be distinct, non-blank strings (compared case-insensitively)")
         if self.lengths and (len(self.lengths) != len(self.added) or min(self.lengths) < 1):
             raise ValueError("lengths gives each added string its number of ids (at least 1)")
@@ -476,7 +476,8 @@ class TokenOverrides:
         return sum(self.spans)
 
 
-def _normal_token(token: str) -> str:
+def normal_token(token: str) -> str:
+    """How added strings are compared: lower-cased, runs of whitespace as one space."""
     return " ".join(token.lower().split())
 
 
@@ -865,6 +866,7 @@ __all__ = [
     "build_text_tower",
     "build_vision_tower",
     "clip_preprocess",
+    "normal_token",
     "hf_text_names",
     "save_clip",
     "save_hf_text",

@@ -79,7 +79,7 @@ from ..core.paths import find_lora_file, list_loras, lora_candidates, lora_folde
 from ..networks.common import MultiheadAttention
 from ..networks.lora import LoraDelta, check_deltas
 from .checkpoints import CheckpointError, read_header
-from .conditioning import VOCAB_SIZE, TextEncoder, TokenOverrides
+from .conditioning import VOCAB_SIZE, TextEncoder, TokenOverrides, normal_token
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class LoraFile:
             for part, name in _TEXT_LINEARS.items():
                 lookup[f"text_model_encoder_layers_{i}_{part}"] = (f"{block}.{name}", None)
         try:
-            deltas = _kohya_deltas(self._groups(text=True), lookup, f"this {blocks}-layer text encoder")
+            deltas = _named_deltas(self._groups(text=True), lookup, f"this {blocks}-layer text encoder")
             encoder.check_lora(deltas)
         except (ValueError, KeyError) as exc:
             raise LoraError(f"LoRA {self.path}: text encoder part: {exc} (a LoRA for another model?)") from None
@@ -237,16 +237,17 @@ class LoraFile:
                 for j, part in enumerate(("to_q", "to_k", "to_v")):
                     lookup[f"{flat}_{part}"] = (name, (j * c, (j + 1) * c))
                 lookup[f"{flat}_in_proj"] = (name, (0, 3 * c))
-        return _kohya_deltas(self._groups(text=False), lookup, "this Stage C")
+        return _named_deltas(self._groups(text=False), lookup, "this Stage C")
 
 
-def _kohya_deltas(
+def _named_deltas(
     groups: dict[tuple[str, str], dict[str, torch.Tensor]],
     lookup: dict[str, tuple[str, tuple[int, int] | None]],
     network: str,
 ) -> list[LoraDelta]:
-    """kohya-layout tensors grouped by module (:meth:`LoraFile._groups`) as deltas on the modules ``lookup`` names
-    (module -> (qualified name, rows of a packed attention or None)); scale ``alpha / rank``, 1 without alpha."""
+    """A kohya or diffusers file's tensors grouped by module (:meth:`LoraFile._groups`) as deltas on the modules
+    ``lookup`` names (flat name -> (qualified name, rows of a packed attention or None)); scale ``alpha / rank``, 1
+    without alpha."""
     out = []
     for (stem, flat), parts in sorted(groups.items()):
         if flat not in lookup:
@@ -405,7 +406,7 @@ def _bundles(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, to
             raise LoraError(
                 f"LoRA {path}: {key} must be a named (vectors × width) embedding, not {tuple(tensor.shape)}"
             )
-        if any(" ".join(n.lower().split()) == " ".join(name.lower().split()) for n in bundles):
+        if any(normal_token(n) == normal_token(name) for n in bundles):
             raise LoraError(f"LoRA {path}: two bundled embeddings are named {name!r} (names ignore case)")
         bundles[name] = tensor
     return bundles, tuple(sorted(skipped))
@@ -563,7 +564,7 @@ def token_overrides(loras: Sequence[LoraFile], encoder: TextEncoder) -> TokenOve
     added: dict[str, tuple[str, torch.Tensor, LoraFile]] = {}  # normalised string -> (as written, (n, width), file)
 
     def add(f: LoraFile, text: str, rows: torch.Tensor, what: str) -> None:
-        key = " ".join(text.lower().split())
+        key = normal_token(text)
         if key in added and not torch.equal(added[key][1], rows):
             raise LoraError(
                 f"LoRA {f.path} and LoRA {added[key][2].path} both add the {what} {text!r} with different "
