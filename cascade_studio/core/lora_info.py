@@ -51,6 +51,10 @@ class LoraInfo:
         """The released Stage C it was made for ("lite" / "full"), told by its width; None when unknown."""
         return STAGE_C_VARIANTS.get(self.width) if self.width is not None else None
 
+    def made_for_other(self, variant: str | None) -> str | None:
+        """The Stage C variant it was made for when that is not ``variant`` (the one a job would use), else None."""
+        return self.variant if self.variant and variant and self.variant != variant else None
+
     @property
     def words(self) -> tuple[str, ...]:
         """Trigger words, then the training tags that are not among them."""

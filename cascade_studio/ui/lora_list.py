@@ -167,10 +167,10 @@ class LoraRow(QWidget):
                 lines.append("Training tags, most frequent first: " + ", ".join(info.tags))
             if info.problem:
                 warning = f"Not usable: {info.problem}.\nGenerate will stop with an error."
-            elif info.variant and variant and info.variant != variant:
+            elif other := info.made_for_other(variant):
                 warning = (
-                    f"Made for Stage C {info.variant} ({info.width} wide), but the Model box is set to {variant}:\n"
-                    f"Generate will stop with an error. Choose {info.variant.capitalize()} or remove this LoRA."
+                    f"Made for Stage C {other} ({info.width} wide), but the Model box is set to {variant}:\n"
+                    f"Generate will stop with an error. Choose {other.capitalize()} or remove this LoRA."
                 )
             else:
                 if info.changes:
@@ -358,9 +358,9 @@ class LoraList(QWidget):
         if isinstance(info, str) or info.problem:
             action.setText(f"{name}  — not usable")
             action.setToolTip(f"{path}\n{info if isinstance(info, str) else info.problem}")
-        elif info.variant and variant and info.variant != variant:
-            action.setText(f"{name}  — for {info.variant.capitalize()}")
-            action.setToolTip(f"{path}\nMade for Stage C {info.variant}; the Model box is set to {variant}")
+        elif other := info.made_for_other(variant):
+            action.setText(f"{name}  — for {other.capitalize()}")
+            action.setToolTip(f"{path}\nMade for Stage C {other}; the Model box is set to {variant}")
 
     def _variant(self) -> str | None:
         return self._session.variant if self._session is not None else None
