@@ -72,21 +72,20 @@ SAMPLER_LABELS = {"ddpm": "DDPM", "ddim": "DDIM"}
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
 
 
+def _dropped_files(mime, suffixes: set[str]) -> list[str]:
+    """Local files in a drop whose suffix (lower case, with its dot) is one of ``suffixes``."""
+    paths = [url.toLocalFile() for url in mime.urls() if url.isLocalFile()] if mime.hasUrls() else []
+    return [p for p in paths if Path(p).suffix.lower() in suffixes and Path(p).is_file()]
+
+
 def image_paths_from_mime(mime) -> list[str]:
     """Local files in a drop that Qt can read as images."""
-    if not mime.hasUrls():
-        return []
-    formats = {bytes(f).decode().lower() for f in QImageReader.supportedImageFormats()}
-    paths = [url.toLocalFile() for url in mime.urls() if url.isLocalFile()]
-    return [p for p in paths if Path(p).suffix.lower().lstrip(".") in formats and Path(p).is_file()]
+    return _dropped_files(mime, {"." + bytes(f).decode().lower() for f in QImageReader.supportedImageFormats()})
 
 
 def lora_paths_from_mime(mime) -> list[str]:
     """Local LoRA files (.safetensors) in a drop."""
-    if not mime.hasUrls():
-        return []
-    paths = [url.toLocalFile() for url in mime.urls() if url.isLocalFile()]
-    return [p for p in paths if Path(p).suffix.lower() == LORA_SUFFIX and Path(p).is_file()]
+    return _dropped_files(mime, {LORA_SUFFIX})
 
 
 # -- bindings ------------------------------------------------------------------------------------------
