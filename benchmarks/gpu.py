@@ -45,6 +45,9 @@ PROMPT = "a photograph of an astronaut riding a horse, highly detailed"
 SEED = 0
 STAGE_C = {"steps": 20, "cfg": 4.0, "shift": 2.0}
 STAGE_B = {"steps": 10, "cfg": 1.1, "shift": 1.0}
+#: Our eager row with each ResBlock's GELU as its own kernel after the product (before the GELU moved into the
+#: product's epilogue on GPUs, ``networks/linear.gelu_in_product``).
+SPLIT_GELU = "ours-eager-split-gelu"
 #: open_clip's ViT-bigG-14 text tower (the conditioning of every released Stage C / Stage B).
 BIGG_TEXT = {
     "embed_dim": 1280,
@@ -199,6 +202,8 @@ def compare_stage_c(ours, theirs, device, dtype, tiny: bool) -> str:
 
     import torch
 
+    from cascade_studio.networks import linear
+
     gen = torch.Generator(device=device).manual_seed(1)
     side = 24 if not tiny else 8
 
@@ -213,13 +218,17 @@ def compare_stage_c(ours, theirs, device, dtype, tiny: bool) -> str:
     with torch.inference_mode():
         reference = copy.deepcopy(ours).float()(x.float(), r.float(), text.float(), pooled.float(), image.float())
         a = ours(x, r.float(), text, pooled, image).float()
+        linear.GPU_GELU_IN_PRODUCT = False
+        split = ours(x, r.float(), text, pooled, image).float()
+        linear.GPU_GELU_IN_PRODUCT = True
         b = theirs(x, r, clip_text=text, clip_text_pooled=pooled, clip_img=image, return_dict=False)[0].float()
 
     def error(y):
         return (y - reference).abs().max().item()
 
     return (
-        f"bf16 vs float32 on the same weights, max|error|: ours {error(a):.3g}, diffusers {error(b):.3g} "
+        f"bf16 vs float32 on the same weights, max|error|: ours {error(a):.3g} (GELU split from the product: "
+        f"{error(split):.3g}), diffusers {error(b):.3g} "
         f"(max|output| {reference.abs().max().item():.3g})"
     )
 
@@ -287,6 +296,7 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
     import torch
 
     from cascade_studio.core.request import GenerationRequest, StageSettings
+    from cascade_studio.networks import linear
     from cascade_studio.pipeline.generate import Pipeline
     from cascade_studio.pipeline.models import ModelSet
 
@@ -311,8 +321,9 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
             stage_b=StageSettings(**STAGE_B),
             variant=variant,
         )
-        pipeline.cuda_graphs = impl != "ours-eager"
+        pipeline.cuda_graphs = impl not in ("ours-eager", SPLIT_GELU)
         pipeline.compile = impl == "ours-compiled"
+        linear.GPU_GELU_IN_PRODUCT = impl != SPLIT_GELU
         sync(device)
         start = time.perf_counter()
         images = pipeline.run(request, on_progress=lambda event: event.note or marks.step(event.stage))
@@ -323,11 +334,14 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
         return result
 
     out: dict = {"load_s": load_s}
-    for impl in ("ours", "ours-eager"):
+    for impl in ("ours", "ours-eager", SPLIT_GELU):
         print(f"  {impl}", flush=True)
         out[impl] = timed(lambda b, i=impl: generate(b, i), args, device)
     out["graphs_identical"] = {
         b: bool(np.array_equal(pixels["ours", b], pixels["ours-eager", b])) for b in args.batches
+    }
+    out["split_gelu_vs_eager"] = {
+        b: int(np.abs(pixels[SPLIT_GELU, b].astype(int) - pixels["ours-eager", b]).max()) for b in args.batches
     }
     out["stage_a"] = stage_a_check(models, device, dtype, args.size)
     if args.lora:
@@ -496,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
             free(device)
 
     rows = []
-    impls = ["diffusers", "ours-eager", "ours"] + (["ours-compiled"] if args.compile else [])
+    impls = ["diffusers", SPLIT_GELU, "ours-eager", "ours"] + (["ours-compiled"] if args.compile else [])
     for variant in variants:
         for batch in args.batches:
             d = results[variant]["diffusers"].get(batch)
@@ -542,6 +556,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{variant}: our load {r['load_s']:.1f}s; graphed pixels identical to eager {r['graphs_identical']}")
         print(f"  Stage C forward, {r['stage_c_check']}")
         print(f"  Stage A: {r['stage_a']}")
+        print(f"  GELU in the product vs split, largest pixel difference: {r['split_gelu_vs_eager']}")
         if "compiled_vs_eager" in r:
             print(f"  compiled vs eager, largest pixel difference: {r['compiled_vs_eager']}")
         if "lora" in r:

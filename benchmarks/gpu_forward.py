@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.gpu import SEED, layouts, randomize, sync  # noqa: E402
 
-VARIANTS = ("channels_last", "cudnn_benchmark")
+VARIANTS = ("split_gelu", "channels_last", "cudnn_benchmark")
 
 
 def inputs(network: str, module, batch: int, size: int, device, dtype) -> dict:
@@ -155,6 +155,17 @@ def bench_network(network: str, file_name: str, kwargs: dict, variants: list[str
             diff = (run(data).float() - run_theirs(data).float()).abs().max().item()
         print(f"  diffusers {rows['diffusers']:.1f} ms (largest difference to ours {diff:.3g})", flush=True)
         profiles["diffusers"] = lambda: run_theirs(data)
+    if "split_gelu" in variants:
+        from cascade_studio.networks import linear
+
+        with torch.inference_mode():
+            reference = run(data).float()
+        linear.GPU_GELU_IN_PRODUCT = False
+        rows["ours+split_gelu"] = best_ms(lambda: run(data), args, device)
+        with torch.inference_mode():
+            diff = (run(data).float() - reference).abs().max().item()
+        linear.GPU_GELU_IN_PRODUCT = True
+        print(f"  ours+split_gelu {rows['ours+split_gelu']:.1f} ms (vs ours {diff:.3g})", flush=True)
     if "cudnn_benchmark" in variants and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         rows["ours+cudnn_benchmark"] = best_ms(lambda: run(data), args, device)

@@ -128,3 +128,22 @@ def test_no_onednn_route_off_x86(monkeypatch):
     finally:
         monkeypatch.undo()
         linear_mod._onednn_linear.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "x",
+    [tensors(2, 5, 7, 48, dtype=torch.bfloat16), tensors(2, 48, 5, 7, dtype=torch.bfloat16).permute(0, 2, 3, 1)],
+    ids=["4d", "permuted"],
+)
+def test_gelu_in_product_equals_the_exact_gelu_within_bf16_rounding(x):
+    # The GPU route's computation (cuBLASLt's bias + tanh-GELU epilogue; PyTorch runs the same op on the CPU):
+    # against the exact GELU of the product in float64, it must be as close as bf16 rounding allows.
+    w, b = tensors(96, 48, dtype=torch.bfloat16, seed=1) * 0.2, tensors(96, dtype=torch.bfloat16, seed=2)
+    with torch.inference_mode():
+        got = linear_mod.gelu_in_product(x, w, b)
+        exact = F.gelu(F.linear(x.double(), w.double(), b.double()))
+        split = F.gelu(F.linear(x, w, b))  # the product rounded to bf16, then the exact GELU
+    assert got.shape == exact.shape == (2, 5, 7, 96) and got.dtype == torch.bfloat16
+    err, split_err = (got.double() - exact).abs().max(), (split.double() - exact).abs().max()
+    assert err <= exact.abs().max() * 2**-7  # one bf16 rounding step at the output's scale
+    assert err <= split_err  # no worse than the exact GELU applied to the bf16 product

@@ -52,11 +52,45 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     )
 
 
+#: Whether :func:`linear` applies a GELU inside a half-precision GPU product (:func:`gelu_in_product`). A switch for
+#: ``benchmarks/gpu.py`` and ``benchmarks/gpu_forward.py``, which time both ways.
+GPU_GELU_IN_PRODUCT = True
+
+
+def gelu_in_product_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`linear` with ``gelu`` takes :func:`gelu_in_product`: CUDA, bf16 or fp16 (where the tanh form's
+    error is far below the dtype's rounding), with a bias, outside autograd and ``torch.compile`` (which fuses the
+    exact GELU itself)."""
+    return (
+        GPU_GELU_IN_PRODUCT
+        and x.is_cuda
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and weight.dtype == x.dtype
+        and bias is not None
+        and bias.dtype == x.dtype
+        and x.numel() > 0
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.compiler.is_compiling()
+    )
+
+
+def gelu_in_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``GELU(x · weightᵀ + bias)`` with the GELU in the product's epilogue (cuBLASLt's bias + GELU epilogue on a
+    GPU): the product's output is written once, already activated, instead of written, read and written again.
+    cuBLASLt's GELU is the tanh form, which differs from the exact (erf) GELU by at most 4.7e-4, a sixteenth of
+    bf16's rounding step at the values where the difference peaks."""
+    flat = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), weight.t(), use_gelu=True)
+    return flat.view(*x.shape[:-1], weight.shape[0])
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False):
     """``F.linear(x, weight, bias)``, followed by the exact (erf) GELU when ``gelu`` is set; on the CPU through
-    oneDNN with the GELU applied inside the product (:func:`onednn_applies`)."""
+    oneDNN with the GELU applied inside the product (:func:`onednn_applies`); in bf16 / fp16 on a GPU with the GELU
+    in cuBLASLt's epilogue (:func:`gelu_in_product_applies`)."""
     if onednn_applies(x, weight, bias):
         return _onednn_linear()(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    if gelu and gelu_in_product_applies(x, weight, bias):
+        return gelu_in_product(x, weight, bias)
     y = F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
 
