@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.gpu import SEED, layouts, randomize, sync  # noqa: E402
 
-VARIANTS = ("split_gelu", "channels_last", "cudnn_benchmark")
+VARIANTS = ("split_gelu", "split_conv_bias", "channels_last", "cudnn_benchmark")
 
 
 def inputs(network: str, module, batch: int, size: int, device, dtype) -> dict:
@@ -166,6 +166,21 @@ def bench_network(network: str, file_name: str, kwargs: dict, variants: list[str
             diff = (run(data).float() - reference).abs().max().item()
         linear.GPU_GELU_IN_PRODUCT = True
         print(f"  ours+split_gelu {rows['ours+split_gelu']:.1f} ms (vs ours {diff:.3g})", flush=True)
+    if "split_conv_bias" in variants:
+        from cascade_studio.networks.common import ResBlock
+
+        def plain(block, x):  # the convolution with its bias (cuDNN adds it in a pass of its own), then the norm
+            h = block.depthwise(x).permute(0, 2, 3, 1)
+            return torch.nn.functional.layer_norm(h, h.shape[-1:], eps=block.norm.eps)
+
+        with torch.inference_mode():
+            reference = run(data).float()
+        fused, ResBlock.normed_depthwise = ResBlock.normed_depthwise, plain
+        rows["ours+split_conv_bias"] = best_ms(lambda: run(data), args, device)
+        with torch.inference_mode():
+            diff = (run(data).float() - reference).abs().max().item()
+        ResBlock.normed_depthwise = fused
+        print(f"  ours+split_conv_bias {rows['ours+split_conv_bias']:.1f} ms (vs ours {diff:.3g})", flush=True)
     if "cudnn_benchmark" in variants and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         rows["ours+cudnn_benchmark"] = best_ms(lambda: run(data), args, device)

@@ -95,11 +95,51 @@ def test_network_blocks_through_the_kernel_equal_the_plain_path():
 
         with torch.inference_mode():
             plain = outputs()
-            kernels.fast_path = lambda x, *others: True
+            kernels.fast_path = lambda x, *others, contiguous=True: True
             fused = outputs()
         for a, b in zip(plain, fused):
             assert a.shape == b.shape and a.stride() == b.stride()
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+@needs_triton
+def test_bias_layer_norm_kernel_equals_the_convolution_bias_then_layer_norm():
+    """The ResBlock's depthwise bias + LayerNorm kernel against the plain ops, and a ResBlock given channels-last input
+    (as the GPU's residual stream is; then the kernel runs) and contiguous input (then it cannot) through the forced
+    kernel path against the plain path."""
+    out = run_interpreted(
+        """
+        import torch
+        import torch.nn.functional as F
+        from cascade_studio.networks import kernels
+        from cascade_studio.networks.common import ResBlock
+
+        gen = torch.Generator().manual_seed(0)
+        for dtype, cols in ((torch.float32, 300), (torch.float32, 2048), (torch.bfloat16, 320)):
+            h = (torch.randn(2, 5, 7, cols, generator=gen) * 3 + 1).to(dtype)
+            bias = torch.randn(cols, generator=gen).to(dtype)
+            got = kernels.bias_layer_norm_last(h, bias, 1e-6)
+            want = F.layer_norm(h.float() + bias.float(), (cols,), eps=1e-6)
+            assert got.dtype == dtype and got.shape == h.shape
+            tol = 1e-5 if dtype == torch.float32 else 2 ** -7 * want.abs().max().item()
+            assert (got.float() - want).abs().max().item() <= tol, (dtype, cols)
+
+        torch.manual_seed(0)
+        res = ResBlock(16, c_skip=4)
+        x, skip = torch.randn(2, 16, 9, 11), torch.randn(2, 4, 9, 11)
+        last = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            plain = res(x, skip)
+            kernels.fast_path = lambda x, *others, contiguous=True: True
+            conv = res.depthwise(last).permute(0, 2, 3, 1)
+            assert conv.is_contiguous()  # the kernel's precondition holds for channels-last input
+            for given in (last, x):
+                fused = res(given, skip)
+                assert torch.allclose(plain, fused, atol=1e-5, rtol=1e-5), (plain - fused).abs().max()
         print("ok")
         """
     )
@@ -124,7 +164,7 @@ def test_without_triton_the_plain_ops_run():
             assert "Triton is not installed" in str(exc)
         else:
             raise AssertionError("no error without Triton")
-        assert kernels._launcher() is None
+        assert kernels._kernels() is None
         grn = GlobalResponseNorm(8)
         with torch.inference_mode():
             assert torch.equal(grn(x), x)  # gamma = beta = 0: GRN is the identity

@@ -43,3 +43,35 @@ def scale_shift(x3: torch.Tensor, scale3: torch.Tensor, shift3: torch.Tensor) ->
             BLOCK_R=_BLOCK_ROWS, BLOCK_C=_BLOCK_COLS,
         )  # fmt: skip
     return out
+
+
+@triton.jit
+def bias_layer_norm_kernel(
+    x_ptr, b_ptr, y_ptr, rows, cols, eps,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,  # noqa: N803 (Triton's convention)
+):  # fmt: skip
+    # y = LayerNorm(x + b) over each row, no affine, in float32. x and y are (rows, cols) contiguous; b is (cols,).
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_C)
+    mask = (r < rows)[:, None] & (c < cols)[None, :]
+    offsets = r.to(tl.int64)[:, None] * cols + c[None, :]
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + c, mask=c < cols, other=0.0).to(tl.float32)
+    x = tl.where(mask, x + b[None, :], 0.0)
+    mean = tl.sum(x, axis=1) / cols
+    d = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(d * d, axis=1) / cols
+    y = d * tl.rsqrt(var + eps)[:, None]
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def bias_layer_norm(x2: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    rows, cols = x2.shape
+    out = torch.empty_like(x2)
+    block_c = triton.next_power_of_2(cols)
+    block_r = max(1, 4096 // block_c)
+    with torch.cuda.device(x2.device) if x2.is_cuda else contextlib.nullcontext():
+        bias_layer_norm_kernel[(triton.cdiv(rows, block_r),)](
+            x2, bias, out, rows, cols, eps, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4 if block_c <= 1024 else 8
+        )
+    return out

@@ -58,9 +58,22 @@ class ResBlock(nn.Module):
             Linear(c * 4, c),
         )
 
+    def normed_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """LayerNorm over the channels of the depthwise convolution of ``x``, channels-last (B, H, W, C). On a GPU,
+        where the residual stream is channels-last and so is the convolution's output, the convolution's bias is
+        added inside the norm's kernel (:func:`kernels.bias_layer_norm_last`) instead of in a pass of its own."""
+        dw = self.depthwise
+        if kernels.fast_path(x, dw.weight, dw.bias, contiguous=False):
+            h = F.conv2d(x, dw.weight, None, dw.stride, dw.padding, dw.dilation, dw.groups).permute(0, 2, 3, 1)
+            if h.is_contiguous():
+                return kernels.bias_layer_norm_last(h, dw.bias, self.norm.eps)
+            h = h + dw.bias
+        else:
+            h = dw(x).permute(0, 2, 3, 1)
+        return F.layer_norm(h, h.shape[-1:], eps=self.norm.eps)
+
     def forward(self, x: torch.Tensor, x_skip: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.depthwise(x).permute(0, 2, 3, 1)
-        h = F.layer_norm(h, h.shape[-1:], eps=self.norm.eps)
+        h = self.normed_depthwise(x)
         if x_skip is not None:
             h = torch.cat([h, x_skip.permute(0, 2, 3, 1)], dim=-1)
         return mlp(self.channelwise, h).permute(0, 3, 1, 2) + x

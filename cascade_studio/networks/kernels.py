@@ -1,17 +1,17 @@
-"""A hand-written Triton kernel for GlobalResponseNorm's broadcast multiply-add on a GPU.
+"""Hand-written Triton kernels for two memory-bound steps of every ResBlock on a GPU.
 
-Every ResBlock of Stage B and Stage C ends its MLP with GRN, ``x * (1 + gamma * n) + beta`` where the factor is
-per sample and channel. PyTorch runs a multiply-add broadcast like that in its generic, unvectorised elementwise
-kernel: on an H200 at batch 4 it reached about a third of the memory bandwidth a plain multiply does (1.3 against
-3.9 TB/s) and was most of the 12 % of a Stage C and 18 % of a Stage B forward spent in ``addcmul``. The kernel
-reads the activation in wide blocks, computes in float32 and writes once (2.5–3.3 TB/s at those sizes).
+- GlobalResponseNorm's broadcast multiply-add, ``x * (1 + gamma * n) + beta`` where the factor is per sample and
+  channel. PyTorch runs a multiply-add broadcast like that in its generic, unvectorised elementwise kernel: on an
+  H200 at batch 4 it reached about a third of the memory bandwidth a plain multiply does (1.3 against 3.9 TB/s)
+  and was most of the 12 % of a Stage C and 18 % of a Stage B forward spent in ``addcmul``. The kernel reads the
+  activation in wide blocks, computes in float32 and writes once (2.5–3.3 TB/s at those sizes).
+- The depthwise convolution's bias added inside the LayerNorm that follows it (:func:`bias_layer_norm_last`).
 
-It runs for CUDA tensors when Triton is installed, outside ``torch.compile`` (which fuses GRN itself) and outside
-autograd; everywhere else the same expression runs through ``torch.addcmul``. Triton is imported on the first
-CUDA call only. (Each Triton launch costs the CPU more than an ATen op, so kernels pay off only where they save
-much GPU time: fusing GELU into GRN and the TimestepBlock's smaller multiply-add were measured and left out,
-docs/benchmarks.md.)
-"""
+They run for CUDA tensors when Triton is installed, outside ``torch.compile`` (which fuses these itself) and outside
+autograd; everywhere else the same expressions run through PyTorch's ops. Triton is imported on the first CUDA
+call only. (Each Triton launch costs the CPU more than an ATen op, so kernels pay off only where they save much GPU
+time or replace more than one op: fusing GELU into GRN and the TimestepBlock's smaller multiply-add were measured
+and left out, docs/benchmarks.md.)"""
 
 from __future__ import annotations
 
@@ -21,36 +21,37 @@ import torch
 
 
 @functools.cache
-def _launcher():
-    """The Triton launcher, compiled on demand; None without Triton."""
+def _kernels():
+    """The Triton launchers' module, imported on demand; None without Triton."""
     try:
         from . import _triton_kernels
     except ImportError:
         return None
-    return _triton_kernels.scale_shift
+    return _triton_kernels
 
 
 def scale_shift_3d(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``x * scale + shift`` by the Triton kernel, on whatever device Triton runs (a CUDA GPU; the CPU in Triton's
     interpreter, which the tests use). ``x`` is (batch, rows, cols) and contiguous; ``scale`` and ``shift``
     broadcast to it. Raises RuntimeError without Triton."""
-    launch = _launcher()
-    if launch is None:
+    module = _kernels()
+    if module is None:
         raise RuntimeError("Triton is not installed")
     if x.dim() != 3 or not x.is_contiguous():
         raise ValueError("x must be a contiguous (batch, rows, cols) tensor")
-    return launch(x, scale.expand_as(x), shift.expand_as(x))
+    return module.scale_shift(x, scale.expand_as(x), shift.expand_as(x))
 
 
-def fast_path(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether the kernel applies: CUDA, contiguous, one dtype, not compiling, no autograd, Triton present."""
+def fast_path(x: torch.Tensor, *others: torch.Tensor, contiguous: bool = True) -> bool:
+    """Whether the kernels apply: CUDA, contiguous (unless ``contiguous`` is False: the caller checks what it passes
+    on), one dtype, not compiling, no autograd, Triton present."""
     return (
         x.is_cuda
-        and x.is_contiguous()
+        and (x.is_contiguous() or not contiguous)
         and all(t.dtype == x.dtype for t in others)
         and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *others)))
-        and _launcher() is not None
+        and _kernels() is not None
     )
 
 
@@ -61,3 +62,18 @@ def scale_shift_last(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) 
         return torch.addcmul(shift, x, scale)
     b, h, w, c = x.shape
     return scale_shift_3d(x.view(b, h * w, c), scale.view(-1, 1, c), shift.view(-1, 1, c)).view(b, h, w, c)
+
+
+def bias_layer_norm_last(h: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """``layer_norm(h + bias)`` over the last axis (no affine) of a contiguous channels-last ``h`` (B, H, W, C) by one
+    Triton kernel: the ResBlock's depthwise convolution without its bias, then the norm. cuDNN adds a convolution's
+    bias in a pass of its own (a broadcast ``add_`` that took longer than the depthwise convolution itself, 4.6 % of
+    a Stage B forward on an H100); here it is added to the values the norm reads anyway. Raises RuntimeError without
+    Triton."""
+    module = _kernels()
+    if module is None:
+        raise RuntimeError("Triton is not installed")
+    if not h.is_contiguous():
+        raise ValueError("h must be contiguous (B, H, W, C)")
+    c = h.shape[-1]
+    return module.bias_layer_norm(h.view(-1, c), bias, eps).view(h.shape)
