@@ -192,17 +192,33 @@ def _generate_mode(args: argparse.Namespace) -> tuple[str, str | None, str | Non
     return "text", None, None
 
 
-def _lora_arg(text: str) -> tuple[str, float]:
-    """``NAME`` or ``NAME:WEIGHT`` (a path may hold colons: only a numeric last part is a weight)."""
-    name, sep, weight = text.rpartition(":")
-    if sep:
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _lora_arg(text: str) -> tuple[str, float] | tuple[str, float, float]:
+    """``NAME``, ``NAME:WEIGHT`` or ``NAME:WEIGHT:te=TEXT_WEIGHT`` (a path may hold colons: only a numeric last part
+    is a weight)."""
+    text_weight = None
+    head, sep, last = text.rpartition(":")
+    key, eq, value = last.partition("=")
+    if sep and eq and key.strip().lower() == "te":
         try:
-            return name, float(weight)
+            text_weight = float(value)
         except ValueError:
-            pass
-    if not text.strip():
+            raise argparse.ArgumentTypeError(f"te={value} is not a number (in --lora {text})") from None
+        text = head
+    name, sep, weight = text.rpartition(":")
+    use: tuple[str, float] = (text, 1.0)
+    if sep and _is_float(weight):
+        use = (name, float(weight))
+    if not use[0].strip():
         raise argparse.ArgumentTypeError("a LoRA name is empty")
-    return text, 1.0
+    return use if text_weight is None else (*use, text_weight)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -307,8 +323,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         plan = pipeline.plan(request)
         files = models.check(request.mode, plan.method)
-        for lora, weight in pipeline.loras(request):  # read and check every LoRA file before the first step
-            print(f"LoRA {lora.name} ({lora.layout} layout) at weight {weight:g}", file=sys.stderr)
+        for lora, use in pipeline.loras(request):  # read and check every LoRA file before the first step
+            print(f"LoRA {lora.name} ({lora.layout} layout) at weight {use.describe()}", file=sys.stderr)
+            if use.text_weight is not None and not lora.has_text_part:
+                print(f"warning: {lora.name} has no text-encoder part: its text weight does nothing", file=sys.stderr)
             if lora.token_warning:
                 print(f"warning: {lora.token_warning}", file=sys.stderr)
     except (MissingWeights, ValueError) as exc:
@@ -498,9 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_lora_arg,
         default=[],
-        metavar="NAME[:WEIGHT]",
-        help="apply a Stage C LoRA (a .safetensors in <models dir>/lora/, or a path) at WEIGHT (default 1); "
-        "repeatable. <lora:NAME:WEIGHT> in the prompt does the same",
+        metavar="NAME[:WEIGHT][:te=W]",
+        help="apply a Stage C LoRA (a .safetensors in <models dir>/lora/, or a path) at WEIGHT (default 1), its "
+        "text-encoder part (if any) at te=W (default WEIGHT); repeatable. <lora:NAME:WEIGHT> (or "
+        "<lora:NAME:unet=WEIGHT:te=W>) in the prompt does the same",
     )
     gen.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

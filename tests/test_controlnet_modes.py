@@ -358,7 +358,7 @@ def test_the_request_of_each_mode_round_trips_through_png_metadata(pipeline, tmp
                                "demo", "0.1"))  # fmt: skip
         meta = read_metadata(path)
         assert meta.request == image.request and meta.extra["mode"] == req.mode
-        assert json.loads(meta.raw["cascade_studio"])["request"]["schema_version"] == 3
+        assert json.loads(meta.raw["cascade_studio"])["request"]["schema_version"] == GenerationRequest.schema_version
     parameters = meta.raw["parameters"]
     assert "Mode: outpaint" in parameters and "Inpaint method: controlnet" in parameters
     assert "Outpaint: 128 0 0 0" in parameters and "ControlNet: inpainting" in parameters

@@ -147,7 +147,7 @@ def test_save_and_read_back_our_own_png(tmp_path):
     texts = png_text_chunks(request, "stage_c_lite_bf16", "0.1.0")
     assert set(texts) == {"parameters", "cascade_studio"}
     ours = json.loads(texts["cascade_studio"])
-    assert ours["schema_version"] == 3
+    assert ours["schema_version"] == GenerationRequest.schema_version
     assert ours["generator"] == "cascade-studio 0.1.0"
     assert ours["request"] == request.to_dict()
 

@@ -35,7 +35,7 @@ def test_defaults_follow_the_reference_notebooks():
     assert (request.width, request.height, request.batch_size) == (1024, 1024, 1)
     assert (request.variant, request.mode, request.sampler, request.strength) == ("lite", "text", "ddpm", 0.8)
     assert request.negative_prompt == "" and request.source_image is None
-    assert GenerationRequest.schema_version == 3
+    assert GenerationRequest.schema_version == 4
     assert (request.mask_image, request.control_image, request.outpaint, request.method) == (None, None, None, "auto")
     assert (request.control_strength, request.mask_grow, request.mask_feather) == (1.0, 0, 16)
     assert (request.context, request.context_padding) == ("image", 64)
@@ -57,7 +57,7 @@ def test_request_is_frozen_and_with_returns_a_changed_copy():
 def test_round_trip_through_dict_and_json():
     request = full_request()
     data = request.to_dict()
-    assert data["schema_version"] == 3
+    assert data["schema_version"] == 4
     assert GenerationRequest.from_dict(data) == request
     text = json.dumps(data)  # JSON-safe: plain types only
     assert GenerationRequest.from_dict(json.loads(text)) == request
@@ -85,8 +85,8 @@ def test_from_dict_ignores_unknown_keys():
 
 def test_from_dict_refuses_a_newer_schema_clearly():
     data = GenerationRequest("a cat", seed=5).to_dict()
-    data["schema_version"] = 4
-    with pytest.raises(ValueError, match=r"schema_version 4 .*newer.*reads up to 3"):
+    data["schema_version"] = 5
+    with pytest.raises(ValueError, match=r"schema_version 5 .*newer.*reads up to 4"):
         GenerationRequest.from_dict(data)
 
 
@@ -325,7 +325,7 @@ def test_version_2_modes_round_trip_with_every_setting():
     for request in requests:
         request.validate()
         data = json.loads(request.to_json())
-        assert data["schema_version"] == 3
+        assert data["schema_version"] == 4
         assert GenerationRequest.from_dict(data) == request
     assert json.loads(requests[1].to_json())["outpaint"] == [256, 0, 128, 0]
 
@@ -341,6 +341,6 @@ def test_a_version_1_dict_reads_as_the_same_request_with_version_2_defaults():
     assert request == GenerationRequest("a cat", seed=9, width=1024, height=768, batch_size=2, mode="img2img",
                                         source_image="/p/in.png", strength=0.6)  # fmt: skip
     assert request.method == "auto" and request.mask_image is None and request.outpaint is None
-    assert request.to_dict()["schema_version"] == 3
+    assert request.to_dict()["schema_version"] == 4
     # a v1 dict never carried v2 settings: any such keys there are not v2's and are reset
     assert GenerationRequest.from_dict({**v1, "method": "controlnet"}).method == "auto"

@@ -1,5 +1,6 @@
 """Stage C LoRA: the hooks equal hand-merged weights, removal is exact, files are checked, prompts are parsed."""
 
+import argparse
 import pickle
 
 import numpy as np
@@ -7,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cascade_studio.cli import _lora_arg
 from cascade_studio.core.metadata import png_text_chunks, read_metadata, save_png_atomic
-from cascade_studio.core.request import GenerationRequest, StageSettings, split_lora_tags
+from cascade_studio.core.request import GenerationRequest, LoraUse, StageSettings, lora_tag, split_lora_tags
 from cascade_studio.networks import StageC
 from cascade_studio.networks.common import MultiheadAttention
 from cascade_studio.networks.lora import apply_loras, merged_weight
@@ -218,22 +220,49 @@ def test_lora_files_are_found_by_name_or_path(tmp_path, net):
 def test_prompt_tags_are_parsed_and_stripped():
     assert split_lora_tags("a cat <lora:demo-style:0.8>, oil <LORA:Film Grain:-.5>") == (
         "a cat, oil",
-        [("demo-style", 0.8), ("Film Grain", -0.5)],
+        [LoraUse("demo-style", 0.8), LoraUse("Film Grain", -0.5)],
     )
     assert split_lora_tags("plain <b> text") == ("plain <b> text", [])
-    assert split_lora_tags("<lora:x>")[1] == [("x", 1.0)]
+    assert split_lora_tags("<lora:x>")[1] == [LoraUse("x", 1.0)]
     request = GenerationRequest("a <lora:tag:0.3> b", seed=1, loras=(("field", 0.7), ("tag", 0.1)))
-    assert request.all_loras() == [("field", 0.7), ("tag", 0.3)]
+    assert request.all_loras() == [LoraUse("field", 0.7), LoraUse("tag", 0.3)]
     assert GenerationRequest("x", seed=1, loras=(("a", 99.0),)).errors()
+    assert GenerationRequest("x", seed=1, loras=(("a", 1.0, 99.0),)).errors()[0].startswith("loras[0] text weight")
 
 
-def test_request_v2_migrates_to_v3_and_round_trips_through_png(tmp_path):
+def test_prompt_tags_give_the_text_encoder_a_weight_of_its_own_as_a1111_reads_them():
+    # A1111: the first number is the text encoder's, the second Stage C's (its "unet"); te= and unet= name them;
+    # one number is both. A tag whose arguments do not parse stays in the prompt as text.
+    assert split_lora_tags("a <lora:x:0.5:1>")[1] == [LoraUse("x", 1.0, 0.5)]
+    assert split_lora_tags("<lora:x:unet=0.8:te=0.2>")[1] == [LoraUse("x", 0.8, 0.2)]
+    assert split_lora_tags("<lora:x:0.7:te=0>")[1] == [LoraUse("x", 0.0, None)]  # te given: unet follows it
+    assert split_lora_tags("<lora:x:0.6:0.6>")[1] == [LoraUse("x", 0.6)]  # the same weight is no weight of its own
+    for kept in ("<lora:x:abc>", "<lora:x:1:2:3>", "<lora:x:te=1:0.5>", "<lora:x:dyn=4>"):
+        assert split_lora_tags(f"a {kept} b") == (f"a {kept} b", [])
+    use = LoraUse("x", 0.8, 0.2)
+    assert use.text == 0.2 and LoraUse("x", 0.8).text == 0.8 and use.describe() == "0.8, text encoder 0.2"
+    assert split_lora_tags(lora_tag(*use))[1] == [use] and lora_tag("x", 0.8, 0.8) == "<lora:x:0.8>"
+    request = GenerationRequest("p <lora:x:0.3:1>", seed=1, loras=(("y", 0.5, 0.25), ("z", 1.0, None)))
+    assert request.loras == (LoraUse("y", 0.5, 0.25), LoraUse("z", 1.0))
+    assert request.to_dict()["loras"] == [["y", 0.5, 0.25], ["z", 1.0]]
+    assert GenerationRequest.from_json(request.to_json()) == request
+    assert 'LoRA: "y:0.5:te=0.25, z:1, x:1:te=0.3"' in png_text_chunks(request, "demo", "0")["parameters"]
+    assert _lora_arg("style:0.8:te=0.3") == ("style", 0.8, 0.3) and _lora_arg("C:/x.safetensors:te=0") == (
+        "C:/x.safetensors",
+        1.0,
+        0.0,
+    )
+    with pytest.raises(argparse.ArgumentTypeError, match="te=abc is not a number"):
+        _lora_arg("style:te=abc")
+
+
+def test_request_v2_migrates_to_the_current_version_and_round_trips_through_png(tmp_path):
     v2 = {"schema_version": 2, "prompt": "p <lora:a:0.5>", "seed": 4, "mode": "text", "mask_grow": 3}
     request = GenerationRequest.from_dict(v2)
-    assert request.loras == () and request.mask_grow == 3 and GenerationRequest.schema_version == 3
+    assert request.loras == () and request.mask_grow == 3 and GenerationRequest.schema_version == 4
     assert GenerationRequest.from_dict({"prompt": "v1", "seed": 1}).loras == ()
     request = request.with_(loras=(("demo-style", 0.8), ("/abs/x.safetensors", 1.0)))
-    assert request.to_dict()["schema_version"] == 3
+    assert request.to_dict()["schema_version"] == 4
     assert GenerationRequest.from_json(request.to_json()) == request
     texts = png_text_chunks(request, "demo", "0")
     assert 'LoRA: "demo-style:0.8, /abs/x.safetensors:1, a:0.5"' in texts["parameters"]
@@ -268,7 +297,7 @@ def test_demo_lora_fits_the_demo_stage_c(demo_models):
 
 
 def test_cli_lora_option_and_prompt_tag(tmp_path, monkeypatch, capsys, demo_cache, demo_models):
-    from cascade_studio.cli import _lora_arg, main
+    from cascade_studio.cli import main
 
     assert _lora_arg("demo-style:0.8") == ("demo-style", 0.8)
     assert _lora_arg("C:/loras/x.safetensors") == ("C:/loras/x.safetensors", 1.0)
@@ -285,7 +314,7 @@ def test_cli_lora_option_and_prompt_tag(tmp_path, monkeypatch, capsys, demo_cach
 
     plain, lora, tag = (np.asarray(Image.open(p)) for p in (*outs, next(tagged.glob("*.png"))))
     assert not np.array_equal(plain, lora) and np.array_equal(lora, tag)
-    assert read_metadata(outs[1]).request.loras == (("demo-style", 0.8),)
+    assert read_metadata(outs[1]).request.loras == (LoraUse("demo-style", 0.8),)
     assert main([*base, "a cat", "--out", str(tmp_path / "x"), "--lora", "nope"]) == 2
     assert "LoRA 'nope' not found" in capsys.readouterr().err
 

@@ -10,7 +10,7 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QApplication
 
 from cascade_studio.core.paths import LORA_FOLDER, find_lora_file, list_loras, lora_candidates
-from cascade_studio.core.request import MAX_LORA_WEIGHT, GenerationRequest
+from cascade_studio.core.request import MAX_LORA_WEIGHT, GenerationRequest, LoraUse
 from cascade_studio.state.session import SessionModel
 from cascade_studio.ui.prompt_panel import PromptPanel
 from tests.test_window import FakeService, _open, _settings
@@ -75,14 +75,14 @@ def test_add_menu_lists_the_lora_folder_and_adds_a_row_bound_to_the_session(pane
     assert [t for t in actions if t in ("film-grain", "ink", "notes")] == ["film-grain", "ink"]
     assert "Open LoRA folder" in actions
     actions["ink"].trigger()
-    assert session.loras == (("ink", 1.0),)
+    assert session.loras == (LoraUse("ink", 1.0),)
     assert _rows(panel) == [("ink", 1.0)] and lora.rows[0].isVisibleTo(panel) and not lora.rows[0].missing
-    assert session.request().loras == (("ink", 1.0),)
-    assert session.request().validate().all_loras() == [("ink", 1.0)]
+    assert session.request().loras == (LoraUse("ink", 1.0),)
+    assert session.request().validate().all_loras() == [LoraUse("ink", 1.0)]
     again = _open_menu(panel)  # a listed LoRA is shown ticked and is not added twice
     assert again["ink"].isChecked() and not again["ink"].isEnabled()
     again["film-grain"].trigger()
-    assert session.loras == (("ink", 1.0), ("film-grain", 1.0))
+    assert session.loras == (LoraUse("ink", 1.0), LoraUse("film-grain", 1.0))
     _lora(models, "added-later")  # a file put there while the app runs shows up when the menu opens
     assert "added-later" in _open_menu(panel)
 
@@ -93,15 +93,15 @@ def test_changing_a_weight_updates_the_session_and_the_request(panel, qtbot):
     spin = panel.lora_list.rows[1].weight_spin
     assert (spin.minimum(), spin.maximum(), spin.singleStep()) == (-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT, 0.05)
     spin.stepDown()
-    assert session.loras == (("ink", 1.0), ("film-grain", 0.45))
+    assert session.loras == (LoraUse("ink", 1.0), LoraUse("film-grain", 0.45))
     spin.setFocus()
     qtbot.waitUntil(lambda: QApplication.focusWidget() is spin.lineEdit() or spin.hasFocus())
     spin.selectAll()
     qtbot.keyClicks(spin, "-1.25")
-    assert session.loras[1] == ("film-grain", 0.45)  # typing is committed on Return, not per keystroke
+    assert session.loras[1] == LoraUse("film-grain", 0.45)  # typing is committed on Return, not per keystroke
     qtbot.keyClick(spin, Qt.Key.Key_Return)
-    assert session.loras == (("ink", 1.0), ("film-grain", -1.25))
-    assert session.request().loras == (("ink", 1.0), ("film-grain", -1.25))
+    assert session.loras == (LoraUse("ink", 1.0), LoraUse("film-grain", -1.25))
+    assert session.request().loras == (LoraUse("ink", 1.0), LoraUse("film-grain", -1.25))
     assert panel.lora_list.rows[1].weight_spin is spin  # a weight change keeps the row (and the focus)
 
 
@@ -109,7 +109,10 @@ def test_remove_takes_the_lora_out_of_the_session(panel, qtbot):
     session = panel.session
     session.loras = (("ink", 1.0), ("film-grain", 0.5), ("ghost", 2.0))
     qtbot.mouseClick(panel.lora_list.rows[1].remove_button, Qt.MouseButton.LeftButton)
-    assert session.loras == (("ink", 1.0), ("ghost", 2.0)) and _rows(panel) == [("ink", 1.0), ("ghost", 2.0)]
+    assert session.loras == (LoraUse("ink", 1.0), LoraUse("ghost", 2.0)) and _rows(panel) == [
+        ("ink", 1.0),
+        ("ghost", 2.0),
+    ]
     panel.lora_list.rows[0].remove_button.click()
     panel.lora_list.rows[0].remove_button.click()
     assert session.loras == () and panel.lora_list.rows == [] and session.request().loras == ()
@@ -162,7 +165,7 @@ def test_prompt_tags_stay_in_the_prompt_and_are_mentioned_under_the_list(panel):
     assert session.loras == () and lora.rows == []
     assert lora.tags_hint.isVisibleTo(panel) and "ink 0.6" in lora.tags_hint.text()
     session.loras = (("film-grain", 0.5),)
-    assert session.request().validate().all_loras() == [("film-grain", 0.5), ("ink", 0.6)]
+    assert session.request().validate().all_loras() == [LoraUse("film-grain", 0.5), LoraUse("ink", 0.6)]
     session.prompt = "a castle"
     assert not lora.tags_hint.isVisibleTo(panel)
 
@@ -191,7 +194,7 @@ def test_the_list_survives_a_restart_and_old_state_without_it_still_loads(qtbot,
     assert stored["loras"] == [["ink", 0.65], ["ghost", -0.5]]
 
     second = _open(qtbot, _settings(tmp_path))
-    assert second.session.loras == (("ink", 0.65), ("ghost", -0.5))
+    assert second.session.loras == (LoraUse("ink", 0.65), LoraUse("ghost", -0.5))
     assert _rows(second.prompt_panel) == [("ink", 0.65), ("ghost", -0.5)]
     assert second.prompt_panel.lora_list.rows_missing() == ["ghost"]
     second.close()
@@ -365,7 +368,7 @@ def test_the_add_menu_says_which_files_would_stop_generate(panel, models, qtbot)
     marked = next(a for a in lora.menu.actions() if a.text() == "full-style  — for Full")
     assert "Made for Stage C full; the Model box is set to lite" in marked.toolTip()
     marked.trigger()
-    assert panel.session.loras == (("full-style", 1.0),)  # still addable: the Model box may change
+    assert panel.session.loras == (LoraUse("full-style", 1.0),)  # still addable: the Model box may change
     panel.session.variant = "full"
     actions = _open_menu(panel)  # read before: marked as the menu is built
     assert "full-style" in actions and "sdxl-thing  — not usable" in actions
@@ -387,5 +390,34 @@ def test_dropping_lora_files_on_the_panel_adds_them(panel, models, tmp_path):
     panel.dragEnterEvent(drop)  # a synthetic drop is not routed by Qt; call the handlers as a real drag would
     assert drop.isAccepted()
     panel.dropEvent(drop)
-    assert panel.session.loras == (("ink", 1.0), (str(elsewhere), 1.0))  # in the LoRA folder: by name
+    assert panel.session.loras == (LoraUse("ink", 1.0), LoraUse(str(elsewhere), 1.0))  # in the LoRA folder: by name
     assert panel.session.source_image == "" and panel.session.mode == "text"  # not taken for an image
+
+
+def test_a_lora_with_a_text_encoder_part_gets_a_text_weight_that_follows_until_set_apart(panel, models, qtbot):
+    onetrainer = {
+        "lora_prior_unet_down_blocks_1_5_attention_attn_to_q.lora_down.weight": (8, 1536),
+        "lora_prior_te_text_model_encoder_layers_3_mlp_fc1.lora_down.weight": (8, 1280),
+    }
+    _lora_with_tensors(models, "both-parts", onetrainer)
+    _lora_with_tensors(models, "c-only", {"weights.0.lora_down": (4, 1536), "weights.0.lora_up": (1536, 4)})
+    session = panel.session
+    session.loras = (("both-parts", 0.8), ("c-only", 1.0))
+    both, c_only = panel.lora_list.rows
+    qtbot.waitUntil(lambda: both.text_spin.isVisibleTo(panel), timeout=5_000)  # known once the header is read
+    qtbot.waitUntil(lambda: "Changes: Stage C" in c_only.label.toolTip(), timeout=5_000)
+    assert not c_only.text_spin.isVisibleTo(panel)
+    assert both.text_spin.value() == 0.8 and both.text_spin.text() == "TE 0.80"
+    both.weight_spin.setValue(0.6)  # a text weight not set apart follows the weight
+    assert session.loras[0] == LoraUse("both-parts", 0.6) and both.text_spin.value() == 0.6
+    both.text_spin.setValue(0.25)
+    assert session.loras[0] == LoraUse("both-parts", 0.6, 0.25)
+    assert session.request().validate().all_loras()[0].text == 0.25
+    both.weight_spin.setValue(0.9)  # now it stays
+    assert session.loras[0] == LoraUse("both-parts", 0.9, 0.25) and both.text_spin.value() == 0.25
+    both.text_spin.setValue(0.9)  # set back to the weight: joined again
+    assert session.loras[0] == LoraUse("both-parts", 0.9)
+    session.loras = (("c-only", 1.0, 0.5),)  # a text weight given (a recalled request): shown even without a part
+    assert panel.lora_list.rows[0].text_spin.isVisibleTo(panel) and panel.lora_list.rows[0].text_spin.value() == 0.5
+    session.prompt = "a cat <lora:c-only:0.2:1>"
+    assert panel.lora_list.tags_hint.text() == "From prompt tags: c-only 1, text encoder 0.2"

@@ -187,3 +187,33 @@ def test_stage_c_lora_in_kohya_layout_still_reads_without_a_text_part(tmp_path):
     lora = read_lora(write(tmp_path / "unet.safetensors", tensors))
     assert not lora.has_text_part and lora.text_deltas(None) == []
     assert [d.module for d in lora.deltas(net)] == ["down_blocks.0.2.attention.attn.out_proj"]
+
+
+def test_a_text_weight_of_its_own_scales_only_the_text_encoder_part(tmp_path, demo_models):
+    """A LoRA with both parts at (weight 1, text weight 0) makes the image its Stage C part alone makes, and at
+    (0, 1) the image its text-encoder part alone makes; A1111's ``<lora:name:TE:UNET>`` tag says the same."""
+    pipeline = Pipeline(ModelSet(demo_models))
+    width, layers = DEMO_TEXT_CLIP["text_cfg"]["width"], DEMO_TEXT_CLIP["text_cfg"]["layers"]
+    changed = {f"text_model.encoder.layers.{i}.self_attn.q_proj": (width, width) for i in range(layers)}
+    text_part = text_lora_tensors(changed, seed=11)[0]
+    c = pipeline.models.get("stage_c").down_blocks[0][2].attention.attn.out_proj.weight.shape[0]
+    g = torch.Generator().manual_seed(2)
+    stage_c_part = {
+        "lora_unet_down_blocks_0_2_attention_attn_out_proj.lora_down.weight": torch.randn(2, c, generator=g),
+        "lora_unet_down_blocks_0_2_attention_attn_out_proj.lora_up.weight": torch.randn(c, 2, generator=g),
+    }
+    both = str(write(tmp_path / "both.safetensors", {**text_part, **stage_c_part}))
+    te_only = str(write(tmp_path / "te-only.safetensors", text_part))
+    c_only = str(write(tmp_path / "c-only.safetensors", stage_c_part))
+    fast = {"stage_c": StageSettings(2, 4.0, 2.0), "stage_b": StageSettings(1, 1.1, 1.0), "width": 256, "height": 256}
+    plain = GenerationRequest("a lighthouse", seed=5, **fast)
+
+    def pixels(*loras, prompt="a lighthouse"):
+        return pipeline.run(plain.with_(prompt=prompt, loras=loras))[0].pixels
+
+    only_c, only_text, full = pixels((c_only, 1.0)), pixels((te_only, 1.0)), pixels((both, 1.0))
+    assert not np.array_equal(only_c, only_text) and not np.array_equal(full, only_c)
+    assert np.array_equal(pixels((both, 1.0, 0.0)), only_c)
+    assert np.array_equal(pixels((both, 0.0, 1.0)), only_text)
+    assert np.array_equal(pixels((both, 1.0, 1.0)), full)
+    assert np.array_equal(pixels(prompt=f"a lighthouse <lora:{both}:0:1>"), only_c)

@@ -8,7 +8,7 @@ import pytest
 from PySide6.QtCore import QSettings
 
 from cascade_studio.core.geometry import snap_size
-from cascade_studio.core.request import GenerationRequest, StageSettings
+from cascade_studio.core.request import GenerationRequest, LoraUse, StageSettings
 from cascade_studio.state.session import CUSTOM, SIZE_PRESETS, SessionModel
 from cascade_studio.state.settings import Settings
 
@@ -183,7 +183,7 @@ def test_apply_request_recalls_every_field(qtbot):
     assert session.request() == request
     tagged = request.with_(prompt="a red fox <lora:ink:0.5>", loras=(("C:\\loras\\x.safetensors", 0.5),))
     session.apply_request(tagged)
-    assert session.prompt == "a red fox <lora:ink:0.5>" and session.loras == (("C:\\loras\\x.safetensors", 0.5),)
+    assert session.prompt == "a red fox <lora:ink:0.5>" and session.loras == (LoraUse("C:\\loras\\x.safetensors", 0.5),)
     assert session.request() == tagged
     session.apply_request(request)
     assert session.seed_policy == "fixed" and session.size_preset == "21:9"
@@ -269,7 +269,7 @@ def test_state_round_trips_and_ignores_values_that_no_longer_fit():
     again = SessionModel()
     again.restore_state(state)
     assert again.state() == session.state() and again.size_preset == "16:9"
-    assert again.loras == (("ink", 0.6), ("/loras/film.safetensors", -1.0))
+    assert again.loras == (LoraUse("ink", 0.6), LoraUse("/loras/film.safetensors", -1.0))
     broken = dict(state, mode="sketch", steps_c="many", width="wide", loras=[["ink"]])
     third = SessionModel()
     third.restore_state(broken)

@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from .request import MASK_MODES, STRENGTH_MODES, GenerationRequest
+from .request import MASK_MODES, STRENGTH_MODES, GenerationRequest, LoraUse
 
 SOURCES = ("cascade_studio", "invokeai", "comfyui", "a1111", "fooocus", "swarmui", "unknown")
 MAX_TEXT_BYTES = 4 * 1024 * 1024  # one text chunk; Pillow separately caps *decompressed* zTXt/iTXt at 1 MiB
@@ -66,7 +66,7 @@ def a1111_parameters(request: GenerationRequest, model_name: str, version: str) 
     params.update(_control_parameters(request))
     loras = request.all_loras()
     if loras:  # A1111 keeps its <lora:…> tags in the prompt; this line also lists the ones given outside it
-        params["LoRA"] = ", ".join(f"{name}:{_number_text(weight)}" for name, weight in loras)
+        params["LoRA"] = ", ".join(_lora_text(use) for use in loras)
     params["Version"] = f"cascade-studio {version}"
 
     line = ", ".join(f"{key}: {_a1111_quote(str(value))}" for key, value in params.items())
@@ -172,6 +172,12 @@ def fsync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _lora_text(use: LoraUse) -> str:
+    """``name:0.8``, or ``name:0.8:te=0.5`` with a text-encoder weight of its own (the CLI's ``--lora`` form)."""
+    text = f"{use.name}:{_number_text(use.weight)}"
+    return text if use.text_weight is None else f"{text}:te={_number_text(use.text_weight)}"
 
 
 def _number_text(value: float) -> str:

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from .geometry import MAX_SIZE, MIN_SIZE, SIZE_STEP, snap_size
 
@@ -36,36 +36,109 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts up to 0xffff_ffff_ff
 MAX_PROMPT_CHARS = 100_000
 MAX_LORAS = 16
 MAX_LORA_WEIGHT = 10.0
-#: ``<lora:name>`` or ``<lora:name:0.8>`` in a prompt (A1111's syntax); the name may not hold ``<``, ``>`` or ``:``
-LORA_TAG = re.compile(r"<lora:([^<>:]+?)(?::\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*)?>", re.IGNORECASE)
+#: ``<lora:name>``, ``<lora:name:0.8>`` and A1111's text-encoder forms (``<lora:name:TE:UNET>``,
+#: ``<lora:name:unet=0.8:te=0.5>``) in a prompt; the name may not hold ``<``, ``>`` or ``:``. The arguments are
+#: read by :func:`parse_lora_tag`; a tag whose arguments do not parse stays in the prompt as text.
+LORA_TAG = re.compile(r"<lora:([^<>:]+?)((?::[^<>:]*){0,2})>", re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 
 
-def lora_tag(name: str, weight: float) -> str | None:
-    """The ``<lora:name:weight>`` tag for a LoRA, or None when ``name`` holds ``:``, ``<`` or ``>``."""
+class LoraUse(NamedTuple):
+    """One LoRA of a job: its name (in ``<models dir>/lora/``, or a path), the weight of its Stage C part, and the
+    weight of its text-encoder part when that differs (None: the same weight, A1111's and ComfyUI's default)."""
+
+    name: str
+    weight: float
+    text_weight: float | None = None
+
+    @property
+    def text(self) -> float:
+        """The weight its text-encoder part (and nothing else) is applied at."""
+        return self.weight if self.text_weight is None else self.text_weight
+
+    def compact(self) -> list:
+        """``[name, weight]``, or ``[name, weight, text weight]`` when that differs: the saved form."""
+        return [self.name, self.weight] if self.text_weight is None else [self.name, self.weight, self.text_weight]
+
+    def describe(self) -> str:
+        """``0.8``, or ``0.8, text encoder 0.5``."""
+        if self.text_weight is None:
+            return f"{self.weight:g}"
+        return f"{self.weight:g}, text encoder {self.text_weight:g}"
+
+
+def parse_lora_tag(name: str, args: str) -> LoraUse | None:
+    """A ``<lora:…>`` tag's use, A1111's way: no argument is weight 1; one number is the weight of both parts; two
+    are the text encoder's then Stage C's (``<lora:name:TE:UNET>``); ``te=`` and ``unet=`` name them. None when
+    an argument is not one of these."""
+    positional: list[float] = []
+    named: dict[str, float] = {}
+    for part in [a.strip() for a in args.split(":")[1:]]:
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if eq and key in ("te", "unet") and _NUMBER.fullmatch(value.strip()) and key not in named:
+            named[key] = float(value)
+        elif not eq and _NUMBER.fullmatch(part) and not named:
+            positional.append(float(part))
+        else:
+            return None
+    te = named.get("te", positional[0] if positional else 1.0)
+    unet = named.get("unet", positional[1] if len(positional) > 1 else te)
+    return LoraUse(name.strip(), unet, None if te == unet else te)
+
+
+def lora_tag(name: str, weight: float, text_weight: float | None = None) -> str | None:
+    """The ``<lora:…>`` tag for a LoRA (``<lora:name:0.8>``, or ``<lora:name:unet=0.8:te=0.5>`` with a text-encoder
+    weight of its own), or None when ``name`` holds ``:``, ``<`` or ``>``."""
     if not name or any(c in name for c in ":<>"):
         return None
-    return f"<lora:{name}:{weight:g}>"
+    if text_weight is None or text_weight == weight:
+        return f"<lora:{name}:{weight:g}>"
+    return f"<lora:{name}:unet={weight:g}:te={text_weight:g}>"
 
 
-def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
-    """``prompt`` without its ``<lora:name:weight>`` tags (weight 1 when left out), and the tags' (name, weight)
-    in order. The text around a removed tag is joined with single spaces, so "a <lora:x:1> cat" becomes "a cat"."""
-    found = [(m.group(1).strip(), float(m.group(2)) if m.group(2) else 1.0) for m in LORA_TAG.finditer(prompt)]
+def split_lora_tags(prompt: str) -> tuple[str, list[LoraUse]]:
+    """``prompt`` without its ``<lora:…>`` tags (:func:`parse_lora_tag`), and the tags' uses in order. The text
+    around a removed tag is joined with single spaces, so "a <lora:x:1> cat" becomes "a cat"."""
+    found = []
+
+    def take(match: re.Match) -> str:
+        use = parse_lora_tag(match.group(1), match.group(2))
+        if use is None:
+            return match.group(0)
+        found.append(use)
+        return " "
+
+    text = LORA_TAG.sub(take, prompt)
     if not found:
         return prompt, []
-    text = LORA_TAG.sub(" ", prompt)
     text = "\n".join(re.sub(r"[ \t]{2,}", " ", line).strip() for line in text.split("\n")).strip()
     text = re.sub(r"\s+([,.])", r"\1", text)
     return text, found
 
 
-def combine_loras(*groups: object) -> list[tuple[str, float]]:
-    """Merge (name, weight) lists in order; a name given again takes its later weight, keeping its first place."""
-    merged: dict[str, float] = {}
+def lora_use(entry: object) -> LoraUse | None:
+    """``entry`` as a :class:`LoraUse` when it is a (name, weight) or (name, weight, text weight) tuple or list of
+    the right types (a text weight may be None); None otherwise."""
+    if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3) or not isinstance(entry[0], str):
+        return None
+    numbers = [entry[1], entry[2] if len(entry) == 3 else None]
+    if not _is_number(numbers[0]) or not (numbers[1] is None or _is_number(numbers[1])):
+        return None
+    weight = float(numbers[0])
+    text = None if numbers[1] is None or float(numbers[1]) == weight else float(numbers[1])
+    return LoraUse(entry[0], weight, text)
+
+
+def combine_loras(*groups: object) -> list[LoraUse]:
+    """Merge lists of uses in order; a name given again takes its later weights, keeping its first place."""
+    merged: dict[str, LoraUse] = {}
     for group in groups:
-        for name, weight in group:  # type: ignore[attr-defined]
-            merged[name] = float(weight)
-    return list(merged.items())
+        for entry in group:  # type: ignore[attr-defined]
+            use = lora_use(entry)
+            if use is not None:
+                merged[use.name] = use
+    return list(merged.values())
 
 
 @dataclass(frozen=True)
@@ -109,7 +182,7 @@ class GenerationRequest:
     Immutable, so it can be handed between threads freely. Build variants with `with_(...)`.
     """
 
-    schema_version: ClassVar[int] = 3
+    schema_version: ClassVar[int] = 4
 
     prompt: str
     _: KW_ONLY
@@ -137,7 +210,14 @@ class GenerationRequest:
     method: str = "auto"
     # -- version 3: Stage C LoRAs, (name, weight) pairs; names are looked up in <models dir>/lora/ (or are paths).
     # ``<lora:name:weight>`` tags in the prompt add to these when the request runs.
-    loras: tuple[tuple[str, float], ...] = ()
+    # -- version 4: (name, weight, text-encoder weight) where the text-encoder part has a weight of its own
+    # (:class:`LoraUse`; pairs and triples given here are made LoraUse).
+    loras: tuple[LoraUse, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loras, tuple):
+            uses = tuple(lora_use(e) or e for e in self.loras)  # malformed entries stay, for errors() to name
+            object.__setattr__(self, "loras", uses)
 
     # -- validation -------------------------------------------------------------------------------------
 
@@ -190,23 +270,21 @@ class GenerationRequest:
             return [f"loras holds {len(self.loras)} entries; at most {MAX_LORAS} are allowed"]
         problems = []
         for i, entry in enumerate(self.loras):
-            if not isinstance(entry, tuple) or len(entry) != 2:
-                problems.append(f"loras[{i}] must be a (name, weight) pair (got {entry!r})")
+            if not isinstance(entry, LoraUse):
+                problems.append(
+                    f"loras[{i}] must be a (name, weight) pair or (name, weight, text weight) (got {entry!r})"
+                )
                 continue
-            name, weight = entry
-            if (
-                not isinstance(name, str)
-                or not name.strip()
-                or any(ch in name for ch in "<>:\n")
-                and not _is_path(name)
-            ):
+            name = entry.name
+            if not name.strip() or any(ch in name for ch in "<>:\n") and not _is_path(name):
                 problems.append(f"loras[{i}] name must be a non-empty name or path without < > (got {name!r})")
-            if not _is_number(weight) or not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
-                problems.append(f"loras[{i}] weight must be a number from -{MAX_LORA_WEIGHT:g} to "
-                                f"{MAX_LORA_WEIGHT:g} (got {weight!r})")  # fmt: skip
+            for label, weight in (("weight", entry.weight), ("text weight", entry.text_weight)):
+                if weight is not None and not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
+                    problems.append(f"loras[{i}] {label} must be a number from -{MAX_LORA_WEIGHT:g} to "
+                                    f"{MAX_LORA_WEIGHT:g} (got {weight!r})")  # fmt: skip
         return problems
 
-    def all_loras(self) -> list[tuple[str, float]]:
+    def all_loras(self) -> list[LoraUse]:
         """The LoRAs this request runs with: the ``loras`` field, then the prompt's ``<lora:…>`` tags."""
         return combine_loras(self.loras, split_lora_tags(self.prompt)[1])
 
@@ -300,7 +378,7 @@ class GenerationRequest:
             "context_padding": self.context_padding,
             "outpaint": list(self.outpaint) if self.outpaint is not None else None,
             "method": self.method,
-            "loras": [[name, float(weight)] for name, weight in self.loras],
+            "loras": [use.compact() for use in self.loras],
         }
 
     def to_json(self) -> str:
@@ -401,23 +479,29 @@ def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "loras": [], "schema_version": 3}
 
 
+def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 let a LoRA's text-encoder part have a weight of its own; a version-3 request's pairs mean the same."""
+    return {**data, "schema_version": 4}
+
+
 # version n -> function turning a version-n dict into a version-(n + 1) dict. Add one per schema bump.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def _is_path(name: str) -> bool:
     return "/" in name or "\\" in name
 
 
-def _get_loras(d: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
+def _get_loras(d: Mapping[str, Any]) -> tuple[LoraUse, ...]:
     value = d.get("loras", [])
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"loras must be a list of [name, weight] pairs (got {type(value).__name__})")
     out = []
     for i, entry in enumerate(value):
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
-            raise ValueError(f"loras[{i}] must be a [name, weight] pair (got {entry!r})")
-        out.append((entry[0], _get_float({"w": entry[1]}, "w", 1.0, f"loras[{i}] weight")))
+        use = lora_use(entry)
+        if use is None:
+            raise ValueError(f"loras[{i}] must be a [name, weight] or [name, weight, text weight] list (got {entry!r})")
+        out.append(use)
     return tuple(out)
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..core.geometry import effnet_input_size, snap_size, stage_b_latent_size, stage_c_latent_size
 from ..core.inpaint import InputError, prepare_mask_job, repaint_area
 from ..core.lora_info import STAGE_C_VARIANTS
-from ..core.request import MASK_MODES, STRENGTH_MODES, GenerationRequest, split_lora_tags
+from ..core.request import MASK_MODES, STRENGTH_MODES, GenerationRequest, LoraUse, split_lora_tags
 from ..networks.effnet import imagenet_normalize
 from ..networks.lora import apply_loras
 from . import heap
@@ -126,11 +126,11 @@ class Pipeline:
     def device(self) -> torch.device:
         return self.models.device
 
-    def loras(self, request: GenerationRequest) -> list[tuple[LoraFile, float]]:
-        """The request's LoRA files (its ``loras`` then its prompt tags) with their weights, read and checked once
-        (:class:`LoraCache`); raises :class:`LoraError` naming a missing or unfit file. A file made for a Stage C
+    def loras(self, request: GenerationRequest) -> list[tuple[LoraFile, LoraUse]]:
+        """The request's LoRA files (its ``loras`` then its prompt tags) with their uses (weights), read and checked
+        once (:class:`LoraCache`); raises :class:`LoraError` naming a missing or unfit file. A file made for a Stage C
         of another width is refused here, from the Stage C file's header, before any network is loaded."""
-        loras = [(self.lora_cache.get(find_lora(name, self.models.folder)), w) for name, w in request.all_loras()]
+        loras = [(self.lora_cache.get(find_lora(use.name, self.models.folder)), use) for use in request.all_loras()]
         widths = self.models.stage_c_widths
         for lora, _ in loras:
             made = lora.stage_c_widths
@@ -242,7 +242,7 @@ class Pipeline:
             # A reference LoRA's learned tokens and a kohya-layout LoRA's text-encoder part: for this encoding only
             # (the encoder's weights are not written). Both stages are conditioned on it, as in ComfyUI.
             tokens = token_overrides([f for f, _ in loras], text_encoder)
-            with text_encoder.applying([(f.text_deltas(text_encoder), w) for f, w in loras]):
+            with text_encoder.applying([(f.text_deltas(text_encoder), use.text) for f, use in loras]):
                 (text_c, text_u), (pooled_c, pooled_u) = (
                     t.chunk(2) for t in text_encoder.encode([prompt, request.negative_prompt], tokens)
                 )
@@ -400,9 +400,15 @@ class Pipeline:
             network, previewer = networks[0], (networks[1] if len(networks) > 1 else None)
             # LoRAs ride on hooks for this job only: the loaded weights are never changed, and taking the hooks
             # off puts Stage C back on its plain path (the next job without LoRA gives the no-LoRA pixels).
-            applied = apply_loras(network, [(f.deltas(network), w) for f, w in loras]) if loras else None
+            applied = apply_loras(network, [(f.deltas(network), use.weight) for f, use in loras]) if loras else None
             if self.compile:
-                key = (stage, id(network), tuple(x_init.shape), settings.cfg != 1, tuple((f.path, w) for f, w in loras))
+                key = (
+                    stage,
+                    id(network),
+                    tuple(x_init.shape),
+                    settings.cfg != 1,
+                    tuple((f.path, use.weight) for f, use in loras),
+                )
                 if key not in self._compiled_for:
                     self._compiled_for.add(key)
                     note = (

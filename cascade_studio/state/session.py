@@ -29,7 +29,9 @@ from ..core.request import (
     STAGE_C_DEFAULTS,
     VARIANTS,
     GenerationRequest,
+    LoraUse,
     StageSettings,
+    lora_use,
 )
 from .settings import HISTORY_LIMIT, Settings
 
@@ -99,17 +101,17 @@ def _sides(value: Any) -> tuple[int, int, int, int] | None:
     return tuple(clamp(v) for v in value)  # type: ignore[return-value]
 
 
-def _loras(value: Any) -> tuple[tuple[str, float], ...]:
-    """(name, weight) pairs (lists from a saved state are accepted); weights are checked by the request."""
+def _loras(value: Any) -> tuple[LoraUse, ...]:
+    """(name, weight) or (name, weight, text weight) entries (lists from a saved state are accepted); weight ranges
+    are checked by the request."""
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"must be a list of (name, weight) pairs (got {type(value).__name__})")
     out = []
     for entry in value:
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
-            raise ValueError(f"must hold (name, weight) pairs (got {entry!r})")
-        if isinstance(entry[1], bool) or not isinstance(entry[1], (int, float)):
-            raise ValueError(f"weight must be a number (got {entry[1]!r})")
-        out.append((entry[0], float(entry[1])))
+        use = lora_use(entry)
+        if use is None:
+            raise ValueError(f"must hold (name, weight) or (name, weight, text weight) entries (got {entry!r})")
+        out.append(use)
     return tuple(out)
 
 
@@ -179,7 +181,7 @@ class SessionModel(QObject):
     context_padding_changed = Signal(int)
     outpaint_changed = Signal(object)  # (left, top, right, bottom) or None (None unless mode is outpaint)
     method_changed = Signal(str)
-    loras_changed = Signal(object)  # tuple of (name, weight): the Stage C LoRAs besides the prompt's <lora:…> tags
+    loras_changed = Signal(object)  # tuple of LoraUse: the LoRAs besides the prompt's <lora:…> tags
     input_changed = Signal(str)  # canny/upscale: "canvas" or "file"
     history_changed = Signal()  # the history or the position in it changed (enable previous/next)
 
@@ -417,7 +419,7 @@ class SessionModel(QObject):
 
     def state(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self.STATE_FIELDS}
-        state.update(width=self._width, height=self._height)
+        state.update(width=self._width, height=self._height, loras=[use.compact() for use in self.loras])
         return state
 
     def restore_state(self, state: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 
 from ..core.lora_info import LoraInfo, read_lora_info
 from ..core.paths import LORA_SUFFIX, find_lora_file, list_loras, lora_candidates, lora_folder
-from ..core.request import MAX_LORA_WEIGHT, MAX_LORAS, split_lora_tags
+from ..core.request import MAX_LORA_WEIGHT, MAX_LORAS, LoraUse, split_lora_tags
 from ..state.session import SessionModel
 
 WEIGHT_STEP = 0.05
@@ -80,16 +80,21 @@ class _ReadInfo(QRunnable):
 
 
 class LoraRow(QWidget):
-    """One LoRA: [warning] name, [words], weight, remove. Signals carry nothing but the word to add: the list knows
-    the row's index."""
+    """One LoRA: [warning] name, [words], weight, [text-encoder weight], remove. Signals carry nothing but the value
+    or word: the list knows the row's index.
+
+    The text-encoder weight ("TE") shows for a file with a text-encoder part (or a use that sets one): it follows
+    the weight until it is set apart, and setting it back to the weight joins them again (A1111's and ComfyUI's
+    default is one strength for both)."""
 
     weight_edited = Signal(float)
+    text_weight_edited = Signal(float)
     remove_requested = Signal()
     word_chosen = Signal(str)  # a trigger word or tag (or several, comma-separated) to add to the prompt
 
-    def __init__(self, name: str, weight: float, parent: QWidget | None = None):
+    def __init__(self, use: LoraUse, parent: QWidget | None = None):
         super().__init__(parent)
-        self.name = name
+        name = self.name = use.name
         self.icon = QLabel()
         size = self.style().pixelMetric(QStyle.PixelMetric.PM_SmallIconSize)
         self.icon.setPixmap(self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning).pixmap(size))
@@ -102,9 +107,23 @@ class LoraRow(QWidget):
         self.weight_spin.setSingleStep(WEIGHT_STEP)
         self.weight_spin.setDecimals(2)
         self.weight_spin.setKeyboardTracking(False)
-        self.weight_spin.setValue(weight)
+        self.weight_spin.setValue(use.weight)
         self.weight_spin.setToolTip(f"Strength of {lora_label(name)}: 1 as trained, 0 off, negative inverts it")
         self.weight_spin.setAccessibleName(f"{lora_label(name)} weight")
+        self.text_spin = QDoubleSpinBox()
+        self.text_spin.setRange(-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
+        self.text_spin.setSingleStep(WEIGHT_STEP)
+        self.text_spin.setDecimals(2)
+        self.text_spin.setKeyboardTracking(False)
+        self.text_spin.setPrefix("TE ")
+        self.text_spin.setValue(use.text)
+        self.text_spin.setToolTip(
+            f"Strength of {lora_label(name)}'s text-encoder part (how the prompt is read).\n"
+            "Follows the weight until you change it; set it to the weight to join them again."
+        )
+        self.text_spin.setAccessibleName(f"{lora_label(name)} text encoder weight")
+        self.has_text_part = False
+        self.text_weight = use.text_weight
         self.remove_button = QToolButton(text="✕")
         self.remove_button.setToolTip(f"Remove {lora_label(name)} from the list")
         self.remove_button.setAccessibleName(f"Remove LoRA {lora_label(name)}")
@@ -116,6 +135,7 @@ class LoraRow(QWidget):
         self.words_button.setMenu(self.words_menu)
         self.words_button.hide()
         self.weight_spin.valueChanged.connect(self.weight_edited)
+        self.text_spin.valueChanged.connect(self.text_weight_edited)
         self.remove_button.clicked.connect(self.remove_requested)
 
         row = QHBoxLayout(self)
@@ -124,7 +144,9 @@ class LoraRow(QWidget):
         row.addWidget(self.label, 1)
         row.addWidget(self.words_button)
         row.addWidget(self.weight_spin)
+        row.addWidget(self.text_spin)
         row.addWidget(self.remove_button)
+        self._show_text_spin()
         self.missing = False
         self.warning: str | None = None
         self.set_found(None, [])
@@ -183,6 +205,8 @@ class LoraRow(QWidget):
         self.warning = warning
         self._flag(self.missing or warning is not None)
         self.label.setToolTip("\n".join(lines))
+        self.has_text_part = isinstance(info, LoraInfo) and "text encoder" in info.changes
+        self._show_text_spin()
         self.words_menu.clear()
         words = info.words if isinstance(info, LoraInfo) else ()
         self.words_button.setVisible(bool(words))
@@ -203,11 +227,29 @@ class LoraRow(QWidget):
                 action.setToolTip(f"Add “{word}” to the prompt")
                 action.triggered.connect(lambda _=False, w=word: self.word_chosen.emit(w))
 
-    def set_weight(self, weight: float) -> None:
-        if self.weight_spin.value() != round(weight, self.weight_spin.decimals()):
-            self.weight_spin.blockSignals(True)
-            self.weight_spin.setValue(weight)
-            self.weight_spin.blockSignals(False)
+    def set_use(self, use: LoraUse) -> None:
+        """Show ``use``'s weights (without signalling an edit)."""
+        for spin, value in ((self.weight_spin, use.weight), (self.text_spin, use.text)):
+            if spin.value() != round(value, spin.decimals()):
+                spin.blockSignals(True)
+                spin.setValue(value)
+                spin.blockSignals(False)
+        self.text_weight = use.text_weight
+        self._show_text_spin()
+
+    @property
+    def shows_text_weight(self) -> bool:
+        return self.has_text_part or self.text_weight is not None
+
+    def _show_text_spin(self) -> None:
+        self.text_spin.setVisible(self.shows_text_weight)
+
+    def keep_text_column(self, keep: bool) -> None:
+        """Keep the text weight's room when it is hidden (so the weights line up under a row that shows one)."""
+        policy = self.text_spin.sizePolicy()
+        if policy.retainSizeWhenHidden() != keep:
+            policy.setRetainSizeWhenHidden(keep)
+            self.text_spin.setSizePolicy(policy)
 
 
 class LoraList(QWidget):
@@ -280,12 +322,19 @@ class LoraList(QWidget):
         self._show_tags(session.prompt)
 
     def _show_loras(self, loras) -> None:
-        if [row.name for row in self.rows] == [name for name, _ in loras]:
-            for row, (_, weight) in zip(self.rows, loras, strict=True):
-                row.set_weight(weight)
+        if [row.name for row in self.rows] == [use.name for use in loras]:
+            for row, use in zip(self.rows, loras, strict=True):
+                row.set_use(use)
         else:
             self._rebuild(loras)
         self.add_button.setEnabled(len(loras) < MAX_LORAS)
+        self._align()
+
+    def _align(self) -> None:
+        """Weights in one column: where any row shows a text weight, the others keep its room."""
+        keep = any(row.shows_text_weight for row in self.rows)
+        for row in self.rows:
+            row.keep_text_column(keep)
 
     def _rebuild(self, loras) -> None:
         focus = self.focusWidget()
@@ -295,9 +344,10 @@ class LoraList(QWidget):
             row.hide()
             row.deleteLater()
         self.rows = []
-        for index, (name, weight) in enumerate(loras):
-            row = LoraRow(name, weight, self)
+        for index, use in enumerate(loras):
+            row = LoraRow(use, self)
             row.weight_edited.connect(lambda value, i=index: self._set_weight(i, value))
+            row.text_weight_edited.connect(lambda value, i=index: self._set_weight(i, value, text=True))
             row.remove_requested.connect(lambda i=index: self._remove(i))
             row.word_chosen.connect(self.add_to_prompt)
             self.rows_box.addWidget(row)
@@ -322,6 +372,7 @@ class LoraList(QWidget):
             info = self._info(path) if path is not None else None
             if info is not None:
                 row.set_info(info, self._variant())
+        self._align()
 
     def _info(self, path: Path) -> LoraInfo | str | None:
         """What the file at ``path`` says about itself if read since it last changed; else None, and a read is
@@ -345,6 +396,7 @@ class LoraList(QWidget):
         for row in self.rows:
             if row.path is not None and str(row.path) == path:
                 row.set_info(info, self._variant())
+        self._align()
         action = self._menu_actions.get(path)
         if action is not None:
             with contextlib.suppress(RuntimeError):  # the menu was rebuilt and the action deleted meanwhile
@@ -378,11 +430,19 @@ class LoraList(QWidget):
         if new:
             self._session.prompt = ", ".join([prompt.rstrip().rstrip(","), *new] if prompt.strip() else new)
 
-    def _set_weight(self, index: int, weight: float) -> None:
+    def _set_weight(self, index: int, weight: float, text: bool = False) -> None:
+        """Set row ``index``'s weight (``text``: its text-encoder weight, which then is its own until set back to
+        the weight). A text weight that follows the weight keeps following it."""
         if self._session is None or index >= len(self._session.loras):
             return
         loras = list(self._session.loras)
-        loras[index] = (loras[index][0], float(weight))
+        use = loras[index]
+        if text:
+            use = use._replace(text_weight=None if float(weight) == use.weight else float(weight))
+        else:
+            text_weight = None if use.text_weight == float(weight) else use.text_weight
+            use = use._replace(weight=float(weight), text_weight=text_weight)
+        loras[index] = use
         self._session.loras = tuple(loras)
 
     def _remove(self, index: int) -> None:
@@ -392,14 +452,14 @@ class LoraList(QWidget):
     def add(self, name: str, weight: float = 1.0) -> None:
         """Append `name` (a file stem in the LoRA folder, or a path); a LoRA already listed is not added twice."""
         session = self._session
-        if session is None or len(session.loras) >= MAX_LORAS or any(n == name for n, _ in session.loras):
+        if session is None or len(session.loras) >= MAX_LORAS or any(u.name == name for u in session.loras):
             return
-        session.loras = (*session.loras, (name, float(weight)))
+        session.loras = (*session.loras, LoraUse(name, float(weight)))
         self.rows[-1].weight_spin.setFocus()
 
     def _show_tags(self, prompt: str) -> None:
         tags = split_lora_tags(prompt)[1]
-        text = ", ".join(f"{lora_label(name)} {weight:g}" for name, weight in tags)
+        text = ", ".join(f"{lora_label(use.name)} {use.describe()}" for use in tags)
         self.tags_hint.setText(f"From prompt tags: {text}" if tags else "")
         self.tags_hint.setToolTip("<lora:…> tags in the prompt add these LoRAs; edit them in the prompt")
         self.tags_hint.setVisible(bool(tags))
@@ -410,7 +470,7 @@ class LoraList(QWidget):
         """Fill the menu from the LoRA folder now (so files added while the app runs show up)."""
         self.menu.clear()
         self.refresh_found()
-        listed = {name for name, _ in self._session.loras} if self._session is not None else set()
+        listed = {use.name for use in self._session.loras} if self._session is not None else set()
         folder = lora_folder(self._models_dir) if self._models_dir is not None else None
         names = list_loras(self._models_dir) if self._models_dir is not None else []
         self._menu_actions = {}
