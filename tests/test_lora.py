@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from cascade_studio.cli import _lora_arg
 from cascade_studio.core.metadata import png_text_chunks, read_metadata, save_png_atomic
-from cascade_studio.core.request import GenerationRequest, LoraUse, StageSettings, lora_tag, split_lora_tags
+from cascade_studio.core.request import GenerationRequest, LoraUse, StageSettings, split_lora_tags
 from cascade_studio.networks import StageC
 from cascade_studio.networks.common import MultiheadAttention
 from cascade_studio.networks.lora import apply_loras, merged_weight
@@ -241,7 +241,6 @@ def test_prompt_tags_give_the_text_encoder_a_weight_of_its_own_as_a1111_reads_th
         assert split_lora_tags(f"a {kept} b") == (f"a {kept} b", [])
     use = LoraUse("x", 0.8, 0.2)
     assert use.text == 0.2 and LoraUse("x", 0.8).text == 0.8 and use.describe() == "0.8, text encoder 0.2"
-    assert split_lora_tags(lora_tag(*use))[1] == [use] and lora_tag("x", 0.8, 0.8) == "<lora:x:0.8>"
     request = GenerationRequest("p <lora:x:0.3:1>", seed=1, loras=(("y", 0.5, 0.25), ("z", 1.0, None)))
     assert request.loras == (LoraUse("y", 0.5, 0.25), LoraUse("z", 1.0))
     assert request.to_dict()["loras"] == [["y", 0.5, 0.25], ["z", 1.0]]

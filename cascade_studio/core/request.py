@@ -87,16 +87,6 @@ def parse_lora_tag(name: str, args: str) -> LoraUse | None:
     return LoraUse(name.strip(), unet, None if te == unet else te)
 
 
-def lora_tag(name: str, weight: float, text_weight: float | None = None) -> str | None:
-    """The ``<lora:…>`` tag for a LoRA (``<lora:name:0.8>``, or ``<lora:name:unet=0.8:te=0.5>`` with a text-encoder
-    weight of its own), or None when ``name`` holds ``:``, ``<`` or ``>``."""
-    if not name or any(c in name for c in ":<>"):
-        return None
-    if text_weight is None or text_weight == weight:
-        return f"<lora:{name}:{weight:g}>"
-    return f"<lora:{name}:unet={weight:g}:te={text_weight:g}>"
-
-
 def split_lora_tags(prompt: str) -> tuple[str, list[LoraUse]]:
     """``prompt`` without its ``<lora:…>`` tags (:func:`parse_lora_tag`), and the tags' uses in order. The text
     around a removed tag is joined with single spaces, so "a <lora:x:1> cat" becomes "a cat"."""
