@@ -30,13 +30,19 @@ def _kernels():
     return _triton_kernels
 
 
+def _required():
+    """:func:`_kernels`, or RuntimeError without Triton."""
+    module = _kernels()
+    if module is None:
+        raise RuntimeError("Triton is not installed")
+    return module
+
+
 def scale_shift_3d(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``x * scale + shift`` by the Triton kernel, on whatever device Triton runs (a CUDA GPU; the CPU in Triton's
     interpreter, which the tests use). ``x`` is (batch, rows, cols) and contiguous; ``scale`` and ``shift``
     broadcast to it. Raises RuntimeError without Triton."""
-    module = _kernels()
-    if module is None:
-        raise RuntimeError("Triton is not installed")
+    module = _required()
     if x.dim() != 3 or not x.is_contiguous():
         raise ValueError("x must be a contiguous (batch, rows, cols) tensor")
     return module.scale_shift(x, scale.expand_as(x), shift.expand_as(x))
@@ -70,9 +76,7 @@ def bias_layer_norm_last(h: torch.Tensor, bias: torch.Tensor, eps: float) -> tor
     bias in a pass of its own (a broadcast ``add_`` that took longer than the depthwise convolution itself, 4.6 % of
     a Stage B forward on an H100); here it is added to the values the norm reads anyway. Raises RuntimeError without
     Triton."""
-    module = _kernels()
-    if module is None:
-        raise RuntimeError("Triton is not installed")
+    module = _required()
     if not h.is_contiguous():
         raise ValueError("h must be contiguous (B, H, W, C)")
     c = h.shape[-1]
