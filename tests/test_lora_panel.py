@@ -407,7 +407,13 @@ def test_a_lora_with_a_text_encoder_part_gets_a_text_weight_that_follows_until_s
     qtbot.waitUntil(lambda: both.text_spin.isVisibleTo(panel), timeout=5_000)  # known once the header is read
     qtbot.waitUntil(lambda: "Changes: Stage C" in c_only.label.toolTip(), timeout=5_000)
     assert not c_only.text_spin.isVisibleTo(panel)
-    assert both.text_spin.value() == 0.8 and both.text_spin.text() == "TE 0.80"
+    assert (
+        both.text_spin.value() == 0.8
+        and both.text_label.isVisibleTo(panel)
+        and not c_only.text_label.isVisibleTo(panel)
+    )
+    # on a line of its own under the weight, not beside it: a row showing it is no wider than one without it
+    assert both.minimumSizeHint().width() == c_only.minimumSizeHint().width()
     both.weight_spin.setValue(0.6)  # a text weight not set apart follows the weight
     assert session.loras[0] == LoraUse("both-parts", 0.6) and both.text_spin.value() == 0.6
     both.text_spin.setValue(0.25)

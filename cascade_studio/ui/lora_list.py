@@ -22,6 +22,7 @@ from PySide6.QtGui import QAction, QDesktopServices, QPainter
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QMenu,
@@ -80,12 +81,12 @@ class _ReadInfo(QRunnable):
 
 
 class LoraRow(QWidget):
-    """One LoRA: [warning] name, [words], weight, [text-encoder weight], remove. Signals carry nothing but the value
-    or word: the list knows the row's index.
+    """One LoRA: [warning] name, [words], weight, remove; under it, for a file with a text-encoder part (or a use
+    that sets its weight), "text encoder" and that part's weight, under the weight. Signals carry nothing but the
+    value or word: the list knows the row's index.
 
-    The text-encoder weight ("TE") shows for a file with a text-encoder part (or a use that sets one): it follows
-    the weight until it is set apart, and setting it back to the weight joins them again (A1111's and ComfyUI's
-    default is one strength for both)."""
+    The text-encoder weight follows the weight until it is set apart, and setting it back to the weight joins them
+    again (A1111's and ComfyUI's default is one strength for both)."""
 
     weight_edited = Signal(float)
     text_weight_edited = Signal(float)
@@ -115,13 +116,17 @@ class LoraRow(QWidget):
         self.text_spin.setSingleStep(WEIGHT_STEP)
         self.text_spin.setDecimals(2)
         self.text_spin.setKeyboardTracking(False)
-        self.text_spin.setPrefix("TE ")
         self.text_spin.setValue(use.text)
         self.text_spin.setToolTip(
             f"Strength of {lora_label(name)}'s text-encoder part (how the prompt is read).\n"
             "Follows the weight until you change it; set it to the weight to join them again."
         )
         self.text_spin.setAccessibleName(f"{lora_label(name)} text encoder weight")
+        self.text_label = QLabel("text encoder")
+        self.text_label.setToolTip(self.text_spin.toolTip())
+        self.text_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.text_label.setStyleSheet(f"color: {HINT_COLOUR};")
+        self.text_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # no wider a row
         self.has_text_part = False
         self.text_weight = use.text_weight
         self.remove_button = QToolButton(text="✕")
@@ -138,14 +143,17 @@ class LoraRow(QWidget):
         self.text_spin.valueChanged.connect(self.text_weight_edited)
         self.remove_button.clicked.connect(self.remove_requested)
 
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.icon)
-        row.addWidget(self.label, 1)
-        row.addWidget(self.words_button)
-        row.addWidget(self.weight_spin)
-        row.addWidget(self.text_spin)
-        row.addWidget(self.remove_button)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setVerticalSpacing(2)
+        grid.addWidget(self.icon, 0, 0)
+        grid.addWidget(self.label, 0, 1)
+        grid.addWidget(self.words_button, 0, 2)
+        grid.addWidget(self.weight_spin, 0, 3)
+        grid.addWidget(self.remove_button, 0, 4)
+        grid.addWidget(self.text_label, 1, 0, 1, 3)
+        grid.addWidget(self.text_spin, 1, 3)
+        grid.setColumnStretch(1, 1)
         self._show_text_spin()
         self.missing = False
         self.warning: str | None = None
@@ -243,13 +251,7 @@ class LoraRow(QWidget):
 
     def _show_text_spin(self) -> None:
         self.text_spin.setVisible(self.shows_text_weight)
-
-    def keep_text_column(self, keep: bool) -> None:
-        """Keep the text weight's room when it is hidden (so the weights line up under a row that shows one)."""
-        policy = self.text_spin.sizePolicy()
-        if policy.retainSizeWhenHidden() != keep:
-            policy.setRetainSizeWhenHidden(keep)
-            self.text_spin.setSizePolicy(policy)
+        self.text_label.setVisible(self.shows_text_weight)
 
 
 class LoraList(QWidget):
@@ -328,13 +330,6 @@ class LoraList(QWidget):
         else:
             self._rebuild(loras)
         self.add_button.setEnabled(len(loras) < MAX_LORAS)
-        self._align()
-
-    def _align(self) -> None:
-        """Weights in one column: where any row shows a text weight, the others keep its room."""
-        keep = any(row.shows_text_weight for row in self.rows)
-        for row in self.rows:
-            row.keep_text_column(keep)
 
     def _rebuild(self, loras) -> None:
         focus = self.focusWidget()
@@ -372,7 +367,6 @@ class LoraList(QWidget):
             info = self._info(path) if path is not None else None
             if info is not None:
                 row.set_info(info, self._variant())
-        self._align()
 
     def _info(self, path: Path) -> LoraInfo | str | None:
         """What the file at ``path`` says about itself if read since it last changed; else None, and a read is
@@ -396,7 +390,6 @@ class LoraList(QWidget):
         for row in self.rows:
             if row.path is not None and str(row.path) == path:
                 row.set_info(info, self._variant())
-        self._align()
         action = self._menu_actions.get(path)
         if action is not None:
             with contextlib.suppress(RuntimeError):  # the menu was rebuilt and the action deleted meanwhile
