@@ -80,6 +80,19 @@ class _ReadInfo(QRunnable):
             self.signals.read.emit(str(self.path), self.stamp, info)
 
 
+def _weight_spin(value: float, tip: str, name: str) -> QDoubleSpinBox:
+    """A LoRA weight box: ±MAX_LORA_WEIGHT in steps of WEIGHT_STEP, committed on Return or focus-out."""
+    spin = QDoubleSpinBox()
+    spin.setRange(-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
+    spin.setSingleStep(WEIGHT_STEP)
+    spin.setDecimals(2)
+    spin.setKeyboardTracking(False)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    spin.setAccessibleName(name)
+    return spin
+
+
 class LoraRow(QWidget):
     """One LoRA: [warning] name, [words], weight, remove; under it, for a file with a text-encoder part (or a use
     that sets its weight), "text encoder" and that part's weight, under the weight. Signals carry nothing but the
@@ -103,25 +116,17 @@ class LoraRow(QWidget):
         self.label = _ElidedLabel(lora_label(name))
         self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # long names elide
         self.label.setMinimumWidth(40)
-        self.weight_spin = QDoubleSpinBox()
-        self.weight_spin.setRange(-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
-        self.weight_spin.setSingleStep(WEIGHT_STEP)
-        self.weight_spin.setDecimals(2)
-        self.weight_spin.setKeyboardTracking(False)
-        self.weight_spin.setValue(use.weight)
-        self.weight_spin.setToolTip(f"Strength of {lora_label(name)}: 1 as trained, 0 off, negative inverts it")
-        self.weight_spin.setAccessibleName(f"{lora_label(name)} weight")
-        self.text_spin = QDoubleSpinBox()
-        self.text_spin.setRange(-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
-        self.text_spin.setSingleStep(WEIGHT_STEP)
-        self.text_spin.setDecimals(2)
-        self.text_spin.setKeyboardTracking(False)
-        self.text_spin.setValue(use.text)
-        self.text_spin.setToolTip(
-            f"Strength of {lora_label(name)}'s text-encoder part (how the prompt is read).\n"
-            "Follows the weight until you change it; set it to the weight to join them again."
+        self.weight_spin = _weight_spin(
+            use.weight,
+            f"Strength of {lora_label(name)}: 1 as trained, 0 off, negative inverts it",
+            f"{lora_label(name)} weight",
         )
-        self.text_spin.setAccessibleName(f"{lora_label(name)} text encoder weight")
+        self.text_spin = _weight_spin(
+            use.text,
+            f"Strength of {lora_label(name)}'s text-encoder part (how the prompt is read).\n"
+            "Follows the weight until you change it; set it to the weight to join them again.",
+            f"{lora_label(name)} text encoder weight",
+        )
         self.text_label = QLabel("text encoder")
         self.text_label.setToolTip(self.text_spin.toolTip())
         self.text_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
