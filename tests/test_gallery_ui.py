@@ -290,8 +290,13 @@ def test_recall_emits_the_request_saved_in_the_png(qtbot, panel, tmp_path):
 
 def test_add_path_shows_a_new_image_and_export_copies_the_selection(qtbot, panel, tmp_path):
     folder = tmp_path / "out"
-    save(folder, 2)
-    open_folder(qtbot, panel, folder, 2)
+    save(folder, 1)
+    open_folder(qtbot, panel, folder, 1)
+    assert panel.count_label.text() == "1 image"
+    save(folder, 1, seed0=20)
+    panel.set_folder(folder)
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 2 and not panel.model.loading, timeout=15_000)
+    assert panel.count_label.text() == "2 images"
     # the GPU worker writes and indexes on its own thread with its own index
     result = {}
     worker = threading.Thread(target=lambda: result.update(path=save(folder, 1, prompt="brand new", seed0=99)[0]))

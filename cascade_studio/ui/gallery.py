@@ -531,7 +531,7 @@ class GalleryPanel(QWidget):
         self.delete_action.setEnabled(bool(selected) or current is not None)
 
     def _show_counts(self, shown: int, total: int) -> None:
-        text = f"{shown} of {total}" if shown != total else f"{total} images"
+        text = f"{shown} of {total}" if shown != total else f"{total} image{'s' * (total != 1)}"
         if self.model.loading:
             text += " · scanning…"
         self.count_label.setText(text)
