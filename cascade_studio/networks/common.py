@@ -1,7 +1,7 @@
 """Building blocks shared by Stage B and Stage C (reference: ``modules/common.py``).
 
 Parameter names match the official checkpoints exactly; the computation matches the reference,
-with attention routed through ``scaled_dot_product_attention``.
+with attention routed through ``scaled_dot_product_attention`` (or, in bf16 on the CPU, :mod:`.attention`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .attention import attention
 from .linear import Linear, add_low_rank_, linear, mlp
 
 
@@ -156,7 +157,7 @@ class MultiheadAttention(nn.Module):
         q = q.view(b, n, h, c // h).transpose(1, 2)
         k = k.view(b, k.shape[1], h, c // h).transpose(1, 2)
         v = v.view(b, v.shape[1], h, c // h).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..networks.linear import cpu_has_native_bf16
+
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -24,20 +26,6 @@ def choose_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' was asked for, but it is not available on this machine")
     return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), where bf16 products run
-    at about twice the float32 rate (two Zen 4 cores: 390 against 155-200 GFLOP/s). Elsewhere bf16 is emulated
-    and slower than float32. Older PyTorch builds without the probes count as no."""
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        check = getattr(torch.cpu, probe, None)
-        try:
-            if check is not None and check():
-                return True
-        except RuntimeError:
-            continue
-    return False
 
 
 def precision_name(dtype: torch.dtype) -> str:
