@@ -8,7 +8,8 @@ float32 in ours (``ModelSet`` always does) and in bf16 in diffusers (its usual `
 
 Settings, both implementations: 1024x1024 by default, Stage C 20 steps at guidance 4, Stage B 10 steps at
 guidance 1.1 (diffusers: ``decoder_guidance_scale=1.1``, which also doubles its decoder batch), seed 0,
-batch 1 and 4. Ours runs as the window does: a Previewer image after every Stage C step.
+batch 1 and 4. Ours runs as the window does (a Previewer image after every Stage C step) and, in the row
+``ours-headless``, as ``cascade-studio generate`` does: no previews, like diffusers.
 
 One process, one implementation at a time (the other one's weights freed), so ``peak VRAM`` is that
 implementation's weights plus its activations (``torch.cuda.max_memory_allocated``). Stage marks come from
@@ -48,6 +49,8 @@ STAGE_B = {"steps": 10, "cfg": 1.1, "shift": 1.0}
 #: Our eager row with each ResBlock's GELU as its own kernel after the product (before the GELU moved into the
 #: product's epilogue on GPUs, ``networks/linear.gelu_in_product``).
 SPLIT_GELU = "ours-eager-split-gelu"
+#: Our default pipeline without previews, as ``cascade-studio generate`` runs it (diffusers makes none either).
+HEADLESS = "ours-headless"
 #: open_clip's ViT-bigG-14 text tower (the conditioning of every released Stage C / Stage B).
 BIGG_TEXT = {
     "embed_dim": 1280,
@@ -323,6 +326,7 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
         )
         pipeline.cuda_graphs = impl not in ("ours-eager", SPLIT_GELU)
         pipeline.compile = impl == "ours-compiled"
+        pipeline.preview_every = 0 if impl == HEADLESS else 1
         linear.GPU_GELU_IN_PRODUCT = impl != SPLIT_GELU
         sync(device)
         start = time.perf_counter()
@@ -334,12 +338,13 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
         return result
 
     out: dict = {"load_s": load_s}
-    for impl in ("ours", "ours-eager", SPLIT_GELU):
+    for impl in ("ours", HEADLESS, "ours-eager", SPLIT_GELU):
         print(f"  {impl}", flush=True)
         out[impl] = timed(lambda b, i=impl: generate(b, i), args, device)
     out["graphs_identical"] = {
         b: bool(np.array_equal(pixels["ours", b], pixels["ours-eager", b])) for b in args.batches
     }
+    out["headless_identical"] = {b: bool(np.array_equal(pixels["ours", b], pixels[HEADLESS, b])) for b in args.batches}
     out["split_gelu_vs_eager"] = {
         b: int(np.abs(pixels[SPLIT_GELU, b].astype(int) - pixels["ours-eager", b]).max()) for b in args.batches
     }
@@ -510,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
             free(device)
 
     rows = []
-    impls = ["diffusers", SPLIT_GELU, "ours-eager", "ours"] + (["ours-compiled"] if args.compile else [])
+    impls = ["diffusers", SPLIT_GELU, "ours-eager", "ours", HEADLESS] + (["ours-compiled"] if args.compile else [])
     for variant in variants:
         for batch in args.batches:
             d = results[variant]["diffusers"].get(batch)
@@ -554,6 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     for variant in variants:
         r = results[variant]
         print(f"{variant}: our load {r['load_s']:.1f}s; graphed pixels identical to eager {r['graphs_identical']}")
+        print(f"  pixels without previews identical to the window's {r['headless_identical']}")
         print(f"  Stage C forward, {r['stage_c_check']}")
         print(f"  Stage A: {r['stage_a']}")
         print(f"  GELU in the product vs split, largest pixel difference: {r['split_gelu_vs_eager']}")
