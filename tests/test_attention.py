@@ -65,10 +65,12 @@ def test_bf16_attention_reads_strided_query_key_and_value_views():
 
 
 def test_the_route_is_taken_only_for_large_bf16_inference_on_native_bf16(native_bf16):
-    big = qkv(1, 2, 512, 520)
+    least = attention_mod.MIN_TOKENS
+    big = qkv(1, 2, least, least + 8)
     assert bf16_route_applies(*big) is (linear_mod._onednn_linear() is not None)
-    assert not bf16_route_applies(*qkv(1, 2, 511, 520))  # too few queries: the fused kernel is faster
-    assert not bf16_route_applies(*qkv(1, 2, 512, 520, dtype=torch.float32))
+    assert not bf16_route_applies(*qkv(1, 2, least - 1, least + 8))  # too few queries: the fused kernel is faster
+    assert not bf16_route_applies(*qkv(1, 2, least, least - 1))  # too few keys
+    assert not bf16_route_applies(*qkv(1, 2, least, least + 8, dtype=torch.float32))
     assert not bf16_route_applies(*big, dropout_p=0.1)
     q, k, v = big
     assert not bf16_route_applies(q.requires_grad_(), k, v)
@@ -76,7 +78,7 @@ def test_the_route_is_taken_only_for_large_bf16_inference_on_native_bf16(native_
 
 def test_no_route_without_native_bf16(monkeypatch):
     monkeypatch.setattr(attention_mod, "cpu_has_native_bf16", lambda: False)
-    assert not bf16_route_applies(*qkv(1, 2, 512, 520))
+    assert not bf16_route_applies(*qkv(1, 2, attention_mod.MIN_TOKENS, attention_mod.MIN_TOKENS))
 
 
 def test_attention_falls_back_to_the_fused_kernel_exactly(native_bf16):

@@ -6,9 +6,12 @@ that. With the networks in bf16 (the default on such CPUs) that kernel took 40 %
 forward at 1024² on two Zen 5 cores. :func:`bf16_attention` computes the same attention head by head with oneDNN's
 products (the linear op :mod:`.linear` uses), a block of queries at a time so that their scores stay in cache:
 scores in float32 from float32 copies of the queries and keys, softmax in float32, the probabilities rounded to
-bf16 times the values (as the fused kernel does), so its error against exact arithmetic is the fused kernel's
-(docs/benchmarks.md). It is taken for bf16 on CPUs with native bf16, outside autograd and ``torch.compile``, without
-dropout, and only with enough tokens on both sides (:data:`MIN_TOKENS`): with few, the fused kernel's single call wins.
+bf16 times the values (as the fused kernel does). Against exact arithmetic its mean error is the fused kernel's
+(within 6 %) and its largest up to twice that, both within a bf16 rounding step of the output; the probabilities
+times float32 values would be more exact than either but 6 % slower here, and more on CPUs whose bf16 products
+outrun their float32 ones by more (docs/benchmarks.md). It is taken for bf16 on CPUs with native bf16, outside
+autograd and ``torch.compile``, without dropout, and only with enough tokens on both sides (:data:`MIN_TOKENS`):
+with few, the fused kernel's single call wins.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import torch.nn.functional as F
 
 from .linear import _onednn_linear, cpu_has_native_bf16
 
-#: Fewest query and key tokens for the route: two Zen 5 cores measured 0.53–0.64× the fused kernel's time from 576
-#: tokens up, 0.84–1.46× at 256 (Stage B's deepest level at 1024²) and 1.0–1.6× at 144.
-MIN_TOKENS = 512
+#: Fewest query and key tokens for the route. Two Zen 5 cores, median of 30 against the fused kernel: 0.78× its time at
+#: 324 queries (Stage C at 768²), 0.66× at 441 and 576, 0.53–0.64× beyond; 1.1× at 256 (Stage B's deepest level at
+#: 1024²), 1.0–1.6× at 144.
+MIN_TOKENS = 300
 #: Scores per block (float32, 4 MiB): queries are taken in blocks of about this many scores divided by the key count
 #: (at least 128, split evenly). Two Zen 5 cores, against whole blocks of 256–2048 queries: best or within 2 % of
 #: best from 260 to 4100 keys.
