@@ -226,7 +226,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
     from .core.geometry import snap_size
-    from .core.request import MASK_MODES, STRENGTH_MODES, GenerationRequest, StageSettings
+    from .core.request import (
+        LORA_TAG_FORMS,
+        MASK_MODES,
+        STRENGTH_MODES,
+        GenerationRequest,
+        StageSettings,
+        unread_lora_tags,
+    )
 
     if args.count < 1:
         return _usage_error("--count must be at least 1")
@@ -329,6 +336,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 print(f"warning: {lora.name} has no text-encoder part: its text weight does nothing", file=sys.stderr)
             if lora.token_warning:
                 print(f"warning: {lora.token_warning}", file=sys.stderr)
+        for tag in unread_lora_tags(request.prompt):
+            print(f"warning: {tag} is not a LoRA tag this reads, so it stays in the prompt as text ({LORA_TAG_FORMS})",
+                  file=sys.stderr)  # fmt: skip
     except (MissingWeights, ValueError) as exc:
         print(f"cascade-studio generate: {exc}", file=sys.stderr)
         return 2

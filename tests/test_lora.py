@@ -10,7 +10,13 @@ from safetensors.torch import save_file
 
 from cascade_studio.cli import _lora_arg
 from cascade_studio.core.metadata import png_text_chunks, read_metadata, save_png_atomic
-from cascade_studio.core.request import GenerationRequest, LoraUse, StageSettings, split_lora_tags
+from cascade_studio.core.request import (
+    GenerationRequest,
+    LoraUse,
+    StageSettings,
+    split_lora_tags,
+    unread_lora_tags,
+)
 from cascade_studio.networks import StageC
 from cascade_studio.networks.common import MultiheadAttention
 from cascade_studio.networks.lora import apply_loras, merged_weight
@@ -237,8 +243,13 @@ def test_prompt_tags_give_the_text_encoder_a_weight_of_its_own_as_a1111_reads_th
     assert split_lora_tags("<lora:x:unet=0.8:te=0.2>")[1] == [LoraUse("x", 0.8, 0.2)]
     assert split_lora_tags("<lora:x:0.7:te=0>")[1] == [LoraUse("x", 0.0, None)]  # te given: unet follows it
     assert split_lora_tags("<lora:x:0.6:0.6>")[1] == [LoraUse("x", 0.6)]  # the same weight is no weight of its own
-    for kept in ("<lora:x:abc>", "<lora:x:1:2:3>", "<lora:x:te=1:0.5>", "<lora:x:dyn=4>"):
+    # A1111's third number and dyn= cut a LyCORIS file's rank; plain LoRAs have none, so they are read and ignored.
+    assert split_lora_tags("a <lora:x:0.5:1:16> b") == ("a b", [LoraUse("x", 1.0, 0.5)])
+    assert split_lora_tags("<lora:x:0.8:dyn=16>")[1] == [LoraUse("x", 0.8)]
+    for kept in ("<lora:x:abc>", "<lora:x:1:2:3:4>", "<lora:x:te=1:0.5>", "<lora:x:dyn=a>", "<lora:C:/x.safetensors>"):
         assert split_lora_tags(f"a {kept} b") == (f"a {kept} b", [])
+        assert unread_lora_tags(f"a {kept} b <lora:y:0.5>") == [kept]  # said so in the window and the terminal
+    assert unread_lora_tags("a <lora:x:0.5:1:16> <b>") == []
     use = LoraUse("x", 0.8, 0.2)
     assert use.text == 0.2 and LoraUse("x", 0.8).text == 0.8 and use.describe() == "0.8, text encoder 0.2"
     request = GenerationRequest("p <lora:x:0.3:1>", seed=1, loras=(("y", 0.5, 0.25), ("z", 1.0, None)))
@@ -316,6 +327,9 @@ def test_cli_lora_option_and_prompt_tag(tmp_path, monkeypatch, capsys, demo_cach
     assert read_metadata(outs[1]).request.loras == (LoraUse("demo-style", 0.8),)
     assert main([*base, "a cat", "--out", str(tmp_path / "x"), "--lora", "nope"]) == 2
     assert "LoRA 'nope' not found" in capsys.readouterr().err
+    assert main([*base, "a cat <lora:demo-style:strong>", "--out", str(tmp_path / "unread")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: <lora:demo-style:strong> is not a LoRA tag this reads, so it stays in the prompt as text" in err
 
 
 def test_a_lora_for_a_stage_c_of_another_width_stops_the_job_before_anything_loads(tmp_path, demo_models):

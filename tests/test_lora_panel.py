@@ -168,6 +168,14 @@ def test_prompt_tags_stay_in_the_prompt_and_are_mentioned_under_the_list(panel):
     assert session.request().validate().all_loras() == [LoraUse("film-grain", 0.5), LoraUse("ink", 0.6)]
     session.prompt = "a castle"
     assert not lora.tags_hint.isVisibleTo(panel)
+    session.prompt = "a castle <lora:ink:strong>"  # not a form we read: said so, not silently encoded as text
+    assert lora.tags_hint.isVisibleTo(panel)
+    assert lora.tags_hint.text() == "Not read, stays in the prompt as text: <lora:ink:strong>"
+    session.prompt = "a castle <lora:ink:0.6> <lora:ink:strong>"
+    assert lora.tags_hint.text().splitlines() == [
+        "From prompt tags: ink 0.6",
+        "Not read, stays in the prompt as text: <lora:ink:strong>",
+    ]
 
 
 def test_keyboard_and_accessibility(panel):

@@ -36,10 +36,14 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts up to 0xffff_ffff_ff
 MAX_PROMPT_CHARS = 100_000
 MAX_LORAS = 16
 MAX_LORA_WEIGHT = 10.0
-#: ``<lora:name>``, ``<lora:name:0.8>`` and A1111's text-encoder forms (``<lora:name:TE:UNET>``,
+#: ``<lora:name>``, ``<lora:name:0.8>`` and A1111's other forms (``<lora:name:TE:UNET>``, ``<lora:name:TE:UNET:DYN>``,
 #: ``<lora:name:unet=0.8:te=0.5>``) in a prompt; the name may not hold ``<``, ``>`` or ``:``. The arguments are
-#: read by :func:`parse_lora_tag`; a tag whose arguments do not parse stays in the prompt as text.
-LORA_TAG = re.compile(r"<lora:([^<>:]+?)((?::[^<>:]*){0,2})>", re.IGNORECASE)
+#: read by :func:`parse_lora_tag`; a tag whose arguments do not parse stays in the prompt as text
+#: (:func:`unread_lora_tags` finds those, to say so).
+LORA_TAG = re.compile(r"<lora:([^<>:]+?)((?::[^<>:]*){0,3})>", re.IGNORECASE)
+_ANY_LORA_TAG = re.compile(r"<lora:[^<>]*>", re.IGNORECASE)
+#: What the forms read are, for messages about a tag that is not one of them.
+LORA_TAG_FORMS = "<lora:name>, <lora:name:weight>, <lora:name:TE:UNET>, <lora:name:unet=W:te=W>"
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 
 
@@ -69,14 +73,15 @@ class LoraUse(NamedTuple):
 
 def parse_lora_tag(name: str, args: str) -> LoraUse | None:
     """A ``<lora:…>`` tag's use, A1111's way: no argument is weight 1; one number is the weight of both parts; two
-    are the text encoder's then Stage C's (``<lora:name:TE:UNET>``); ``te=`` and ``unet=`` name them. None when
-    an argument is not one of these."""
+    are the text encoder's then Stage C's (``<lora:name:TE:UNET>``); ``te=`` and ``unet=`` name them. A1111's third
+    number or ``dyn=`` (the rank a LyCORIS file is cut to) is read and ignored: plain LoRAs have no such setting. None
+    when an argument is not one of these."""
     positional: list[float] = []
     named: dict[str, float] = {}
     for part in [a.strip() for a in args.split(":")[1:]]:
         key, eq, value = part.partition("=")
         key = key.strip().lower()
-        if eq and key in ("te", "unet") and _NUMBER.fullmatch(value.strip()) and key not in named:
+        if eq and key in ("te", "unet", "dyn") and _NUMBER.fullmatch(value.strip()) and key not in named:
             named[key] = float(value)
         elif not eq and _NUMBER.fullmatch(part) and not named:
             positional.append(float(part))
@@ -85,6 +90,17 @@ def parse_lora_tag(name: str, args: str) -> LoraUse | None:
     te = named.get("te", positional[0] if positional else 1.0)
     unet = named.get("unet", positional[1] if len(positional) > 1 else te)
     return LoraUse(name.strip(), unet, None if te == unet else te)
+
+
+def unread_lora_tags(prompt: str) -> list[str]:
+    """The ``<lora:…>`` tags of ``prompt`` that :func:`split_lora_tags` leaves in it as text (arguments that do not
+    parse, a name with ``:``), in order: to warn that they add no LoRA."""
+    unread = []
+    for match in _ANY_LORA_TAG.finditer(prompt):
+        tag = LORA_TAG.fullmatch(match.group(0))
+        if tag is None or parse_lora_tag(tag.group(1), tag.group(2)) is None:
+            unread.append(match.group(0))
+    return unread
 
 
 def split_lora_tags(prompt: str) -> tuple[str, list[LoraUse]]:

@@ -36,7 +36,14 @@ from PySide6.QtWidgets import (
 
 from ..core.lora_info import LoraInfo, read_lora_info
 from ..core.paths import LORA_SUFFIX, find_lora_file, list_loras, lora_candidates, lora_folder
-from ..core.request import MAX_LORA_WEIGHT, MAX_LORAS, LoraUse, split_lora_tags
+from ..core.request import (
+    LORA_TAG_FORMS,
+    MAX_LORA_WEIGHT,
+    MAX_LORAS,
+    LoraUse,
+    split_lora_tags,
+    unread_lora_tags,
+)
 from ..state.session import SessionModel
 
 WEIGHT_STEP = 0.05
@@ -288,7 +295,7 @@ class LoraList(QWidget):
             "too; they add to this list."
         )
         self.add_button.setAccessibleName("Add LoRA")
-        self.tags_hint = QLabel(wordWrap=True)
+        self.tags_hint = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)  # prompt text, never markup
         self.tags_hint.setStyleSheet(f"color: {HINT_COLOUR};")
         self.tags_hint.hide()
 
@@ -456,11 +463,16 @@ class LoraList(QWidget):
         self.rows[-1].weight_spin.setFocus()
 
     def _show_tags(self, prompt: str) -> None:
-        tags = split_lora_tags(prompt)[1]
-        text = ", ".join(f"{lora_label(use.name)} {use.describe()}" for use in tags)
-        self.tags_hint.setText(f"From prompt tags: {text}" if tags else "")
-        self.tags_hint.setToolTip("<lora:…> tags in the prompt add these LoRAs; edit them in the prompt")
-        self.tags_hint.setVisible(bool(tags))
+        tags, unread = split_lora_tags(prompt)[1], unread_lora_tags(prompt)
+        lines = []
+        if tags:
+            lines.append("From prompt tags: " + ", ".join(f"{lora_label(use.name)} {use.describe()}" for use in tags))
+        if unread:
+            lines.append("Not read, stays in the prompt as text: " + ", ".join(unread))
+        self.tags_hint.setText("\n".join(lines))
+        tip = "<lora:…> tags in the prompt add these LoRAs; edit them in the prompt"
+        self.tags_hint.setToolTip(f"{tip}. Tags read: {LORA_TAG_FORMS}" if unread else tip)
+        self.tags_hint.setVisible(bool(lines))
 
     # -- the menu --------------------------------------------------------------------------------------
 
