@@ -169,13 +169,12 @@ def test_prompt_tags_stay_in_the_prompt_and_are_mentioned_under_the_list(panel):
     session.prompt = "a castle"
     assert not lora.tags_hint.isVisibleTo(panel)
     session.prompt = "a castle <lora:ink:strong>"  # not a form we read: said so, not silently encoded as text
-    assert lora.tags_hint.isVisibleTo(panel)
-    assert lora.tags_hint.text() == "Not read, stays in the prompt as text: <lora:ink:strong>"
+    assert lora.unread_hint.isVisibleTo(panel) and not lora.tags_hint.isVisibleTo(panel)
+    assert lora.unread_hint.text() == "Not read, stays in the prompt as text: <lora:ink:strong>"
     session.prompt = "a castle <lora:ink:0.6> <lora:ink:strong>"
-    assert lora.tags_hint.text().splitlines() == [
-        "From prompt tags: ink 0.6",
-        "Not read, stays in the prompt as text: <lora:ink:strong>",
-    ]
+    assert lora.tags_hint.text() == "From prompt tags: ink 0.6" and lora.unread_hint.isVisibleTo(panel)
+    session.prompt = "a castle <lora:ink:0.6>"
+    assert not lora.unread_hint.isVisibleTo(panel)
 
 
 def test_keyboard_and_accessibility(panel):

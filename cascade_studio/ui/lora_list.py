@@ -295,9 +295,14 @@ class LoraList(QWidget):
             "too; they add to this list."
         )
         self.add_button.setAccessibleName("Add LoRA")
-        self.tags_hint = QLabel(wordWrap=True, textFormat=Qt.TextFormat.PlainText)  # prompt text, never markup
+        self.tags_hint = QLabel(wordWrap=True)
         self.tags_hint.setStyleSheet(f"color: {HINT_COLOUR};")
+        self.tags_hint.setToolTip("<lora:…> tags in the prompt add these LoRAs; edit them in the prompt")
         self.tags_hint.hide()
+        # Tags in no form we read (in the warning colour: they add no LoRA), shown as typed, never as markup.
+        self.unread_hint = QLabel(objectName="note", wordWrap=True, textFormat=Qt.TextFormat.PlainText)
+        self.unread_hint.setToolTip(f"Tags read: {LORA_TAG_FORMS}")
+        self.unread_hint.hide()
 
         column = QVBoxLayout(self)
         column.setContentsMargins(0, 0, 0, 0)
@@ -308,6 +313,7 @@ class LoraList(QWidget):
         buttons.addStretch()
         column.addLayout(buttons)
         column.addWidget(self.tags_hint)
+        column.addWidget(self.unread_hint)
 
     # -- the folder and the model ----------------------------------------------------------------------
 
@@ -464,15 +470,11 @@ class LoraList(QWidget):
 
     def _show_tags(self, prompt: str) -> None:
         tags, unread = split_lora_tags(prompt)[1], unread_lora_tags(prompt)
-        lines = []
-        if tags:
-            lines.append("From prompt tags: " + ", ".join(f"{lora_label(use.name)} {use.describe()}" for use in tags))
-        if unread:
-            lines.append("Not read, stays in the prompt as text: " + ", ".join(unread))
-        self.tags_hint.setText("\n".join(lines))
-        tip = "<lora:…> tags in the prompt add these LoRAs; edit them in the prompt"
-        self.tags_hint.setToolTip(f"{tip}. Tags read: {LORA_TAG_FORMS}" if unread else tip)
-        self.tags_hint.setVisible(bool(lines))
+        text = ", ".join(f"{lora_label(use.name)} {use.describe()}" for use in tags)
+        self.tags_hint.setText(f"From prompt tags: {text}" if tags else "")
+        self.tags_hint.setVisible(bool(tags))
+        self.unread_hint.setText(f"Not read, stays in the prompt as text: {', '.join(unread)}" if unread else "")
+        self.unread_hint.setVisible(bool(unread))
 
     # -- the menu --------------------------------------------------------------------------------------
 
