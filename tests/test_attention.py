@@ -64,7 +64,7 @@ def test_bf16_attention_reads_strided_query_key_and_value_views():
     assert torch.equal(ours, dense)
 
 
-def test_the_route_is_taken_only_for_large_bf16_inference_on_native_bf16(native_bf16):
+def test_the_route_is_taken_only_for_large_bf16_inference_on_native_bf16(monkeypatch, native_bf16):
     least = attention_mod.MIN_TOKENS
     big = qkv(1, 2, least, least + 8)
     assert bf16_route_applies(*big) is (linear_mod._onednn_linear() is not None)
@@ -72,6 +72,10 @@ def test_the_route_is_taken_only_for_large_bf16_inference_on_native_bf16(native_
     assert not bf16_route_applies(*qkv(1, 2, least, least - 1))  # too few keys
     assert not bf16_route_applies(*qkv(1, 2, least, least + 8, dtype=torch.float32))
     assert not bf16_route_applies(*big, dropout_p=0.1)
+    monkeypatch.setattr(attention_mod, "MAX_THREADS", torch.get_num_threads() - 1)
+    assert not bf16_route_applies(*big)  # more threads: the fused kernel spreads its work better
+    monkeypatch.setattr(attention_mod, "MAX_THREADS", torch.get_num_threads())
+    assert bf16_route_applies(*big) is (linear_mod._onednn_linear() is not None)
     q, k, v = big
     assert not bf16_route_applies(q.requires_grad_(), k, v)
 

@@ -10,8 +10,8 @@ bf16 times the values (as the fused kernel does). Against exact arithmetic its m
 (within 6 %) and its largest up to twice that, both within a bf16 rounding step of the output; the probabilities
 times float32 values would be more exact than either but 6 % slower here, and more on CPUs whose bf16 products
 outrun their float32 ones by more (docs/benchmarks.md). It is taken for bf16 on CPUs with native bf16, outside
-autograd and ``torch.compile``, without dropout, and only with enough tokens on both sides (:data:`MIN_TOKENS`):
-with few, the fused kernel's single call wins.
+autograd and ``torch.compile``, without dropout, only with enough tokens on both sides (:data:`MIN_TOKENS`; with
+few, the fused kernel's single call wins) and on up to :data:`MAX_THREADS` threads.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ MIN_TOKENS = 300
 #: (at least 128, split evenly). Two Zen 5 cores, against whole blocks of 256–2048 queries: best or within 2 % of
 #: best from 260 to 4100 keys.
 BLOCK_SCORES = 1 << 20
+#: Most intra-op threads for the route. The fused kernel spreads heads and query blocks over the threads; the route
+#: spreads each small product, softmax and copy, so it gains less the more threads there are: on Zen 5, 0.52–0.62×
+#: the fused kernel's time with one thread, 0.59–0.70× with two. Extrapolated, the gain lasts to about eight; more
+#: threads keep the fused kernel until the route is measured there.
+MAX_THREADS = 8
 
 
 def bf16_route_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> bool:
@@ -40,6 +45,7 @@ def bf16_route_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropou
         and q.dim() == 4
         and q.shape[-2] >= MIN_TOKENS
         and k.shape[-2] >= MIN_TOKENS
+        and torch.get_num_threads() <= MAX_THREADS
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
         and not torch.compiler.is_compiling()
         and _onednn_linear() is not None
