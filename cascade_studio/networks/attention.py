@@ -21,18 +21,18 @@ import torch.nn.functional as F
 
 from .linear import _onednn_linear, cpu_has_native_bf16
 
-#: Fewest query and key tokens for the route. Two Zen 5 cores, median of 30 against the fused kernel: 0.78× its time at
-#: 324 queries (Stage C at 768²), 0.66× at 441 and 576, 0.53–0.64× beyond; 1.1× at 256 (Stage B's deepest level at
-#: 1024²), 1.0–1.6× at 144.
+#: Fewest query and key tokens for the route. Two Zen 5 cores against the fused kernel (``benchmarks/attention.py``
+#: and medians of 30): 0.67–0.78× its time at 324 queries (Stage C at 768²), 0.66× at 441, 0.51–0.66× from 576 up;
+#: 0.84–1.46× at 256 (Stage B's deepest level at 1024²), 1.0–1.6× at 144.
 MIN_TOKENS = 300
 #: Scores per block (float32, 4 MiB): queries are taken in blocks of about this many scores divided by the key count
 #: (at least 128, split evenly). Two Zen 5 cores, against whole blocks of 256–2048 queries: best or within 2 % of
 #: best from 260 to 4100 keys.
 BLOCK_SCORES = 1 << 20
 #: Most intra-op threads for the route. The fused kernel spreads heads and query blocks over the threads; the route
-#: spreads each small product, softmax and copy, so it gains less the more threads there are: on Zen 5, 0.52–0.62×
-#: the fused kernel's time with one thread, 0.59–0.70× with two. Extrapolated, the gain lasts to about eight; more
-#: threads keep the fused kernel until the route is measured there.
+#: spreads each small product, softmax and copy, so it gains less the more threads there are: on Zen 5, 0.49–0.62×
+#: the fused kernel's time with one thread, 0.51–0.70× with two (``benchmarks/attention.py``). Extrapolated, the gain
+#: lasts to about eight; more threads keep the fused kernel until the route is measured there.
 MAX_THREADS = 8
 
 
