@@ -337,8 +337,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if lora.token_warning:
                 print(f"warning: {lora.token_warning}", file=sys.stderr)
         for tag in unread_lora_tags(request.prompt):
-            print(f"warning: {tag} is not a LoRA tag this reads, so it stays in the prompt as text ({LORA_TAG_FORMS})",
-                  file=sys.stderr)  # fmt: skip
+            print(f"warning: {tag} is not a LoRA tag this reads, so it stays in the prompt as text", file=sys.stderr)
+            print(f"  (forms read: {LORA_TAG_FORMS})", file=sys.stderr)
     except (MissingWeights, ValueError) as exc:
         print(f"cascade-studio generate: {exc}", file=sys.stderr)
         return 2

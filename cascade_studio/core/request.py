@@ -92,15 +92,16 @@ def parse_lora_tag(name: str, args: str) -> LoraUse | None:
     return LoraUse(name.strip(), unet, None if te == unet else te)
 
 
+def _read_tag(tag: str) -> LoraUse | None:
+    """The use of one ``<lora:…>`` tag as written, or None when it is not in a form we read."""
+    match = LORA_TAG.fullmatch(tag)
+    return None if match is None else parse_lora_tag(match.group(1), match.group(2))
+
+
 def unread_lora_tags(prompt: str) -> list[str]:
     """The ``<lora:…>`` tags of ``prompt`` that :func:`split_lora_tags` leaves in it as text (arguments that do not
     parse, a name with ``:``), in order: to warn that they add no LoRA."""
-    unread = []
-    for match in _ANY_LORA_TAG.finditer(prompt):
-        tag = LORA_TAG.fullmatch(match.group(0))
-        if tag is None or parse_lora_tag(tag.group(1), tag.group(2)) is None:
-            unread.append(match.group(0))
-    return unread
+    return [match.group(0) for match in _ANY_LORA_TAG.finditer(prompt) if _read_tag(match.group(0)) is None]
 
 
 def split_lora_tags(prompt: str) -> tuple[str, list[LoraUse]]:
@@ -109,13 +110,13 @@ def split_lora_tags(prompt: str) -> tuple[str, list[LoraUse]]:
     found = []
 
     def take(match: re.Match) -> str:
-        use = parse_lora_tag(match.group(1), match.group(2))
+        use = _read_tag(match.group(0))
         if use is None:
             return match.group(0)
         found.append(use)
         return " "
 
-    text = LORA_TAG.sub(take, prompt)
+    text = _ANY_LORA_TAG.sub(take, prompt)
     if not found:
         return prompt, []
     text = "\n".join(re.sub(r"[ \t]{2,}", " ", line).strip() for line in text.split("\n")).strip()

@@ -65,9 +65,9 @@ def bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     """Softmax attention of bf16 ``q`` (B, H, N, D) over ``k`` and ``v`` (B, H, M, D) on the CPU through oneDNN's
     matrix products, as described in the module's docstring. Returns (B, H, N, D) in bf16, laid out as (B, N, H, D)
     so that joining the heads afterwards is free."""
-    if _onednn_linear() is None:
-        raise RuntimeError("this PyTorch has no oneDNN linear op")
     product = _onednn_linear()
+    if product is None:
+        raise RuntimeError("this PyTorch has no oneDNN linear op")
     b, h, n, d = q.shape
     scale = d**-0.5
     q32 = q.float().contiguous().mul_(scale)
