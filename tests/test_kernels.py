@@ -146,6 +146,49 @@ def test_bias_layer_norm_kernel_equals_the_convolution_bias_then_layer_norm():
     assert out.strip() == "ok"
 
 
+@needs_triton
+def test_residual_modulation_kernel_equals_the_residual_add_then_the_timestep_block():
+    """A ResBlock given its TimestepBlock's modulation (one kernel: residual add, then scale and shift) against the
+    ResBlock then the TimestepBlock as separate modules, for channels-last input (the GPU's residual stream: then the
+    kernel runs) and contiguous input (then the two ops run); and the kernel alone in bf16, whose sum is rounded as
+    PyTorch's add rounds it."""
+    out = run_interpreted(
+        """
+        import torch
+        from cascade_studio.networks import kernels
+        from cascade_studio.networks.common import ResBlock, TimestepBlock
+
+        torch.manual_seed(0)
+        res, ts = ResBlock(24, c_skip=4), TimestepBlock(24, 8, conds=("sca",))
+        with torch.no_grad():
+            res.channelwise[2].gamma.normal_()
+            ts.mapper.weight.normal_()
+        x, skip, t = torch.randn(3, 24, 9, 11), torch.randn(3, 4, 9, 11), torch.randn(3, 16)
+        last = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            plain = ts(res(x, skip), t)
+            kernels.fast_path = lambda x, *others, contiguous=True: True
+            for given in (last, x):
+                fused = res(given, skip, modulation=ts.modulation(t))
+                assert fused.shape == plain.shape
+                assert torch.allclose(plain, fused, atol=1e-5, rtol=1e-5), (plain - fused).abs().max()
+            assert fused.stride() == plain.stride()  # the fallback: the very ops of the separate blocks
+
+            gen = torch.Generator().manual_seed(1)
+            h = torch.randn(2, 5, 7, 40, generator=gen).bfloat16()
+            x = torch.randn(2, 40, 5, 7, generator=gen).bfloat16().contiguous(memory_format=torch.channels_last)
+            scale, shift = (torch.randn(2, 80, 1, 1, generator=gen).bfloat16().chunk(2, dim=1))
+            got = kernels.residual_scale_shift(h, x, scale, shift)
+            want = torch.addcmul(shift, h.permute(0, 3, 1, 2) + x, scale)
+            assert got.dtype == torch.bfloat16 and got.shape == want.shape
+            assert got.permute(0, 2, 3, 1).is_contiguous()  # written channels-last, as the stream it continues
+            assert (got.float() - want.float()).abs().max().item() <= 2 ** -7 * want.abs().max().item()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
 def test_without_triton_the_plain_ops_run():
     """No Triton (macOS, Windows, a trimmed install): the kernel is reported missing with a clear error and the
     networks take PyTorch's path."""

@@ -73,11 +73,21 @@ class ResBlock(nn.Module):
             h = dw(x).permute(0, 2, 3, 1)
         return F.layer_norm(h, h.shape[-1:], eps=self.norm.eps)
 
-    def forward(self, x: torch.Tensor, x_skip: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_skip: torch.Tensor | None = None,
+        modulation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``modulation``: the following TimestepBlock's ``(scale, shift)`` (:meth:`TimestepBlock.modulation`), applied
+        to the block's output with its residual add in one pass (:func:`kernels.residual_scale_shift`)."""
         h = self.normed_depthwise(x)
         if x_skip is not None:
             h = torch.cat([h, x_skip.permute(0, 2, 3, 1)], dim=-1)
-        return mlp(self.channelwise, h).permute(0, 3, 1, 2) + x
+        h = mlp(self.channelwise, h)
+        if modulation is not None:
+            return kernels.residual_scale_shift(h, x, *modulation)
+        return h.permute(0, 3, 1, 2) + x
 
 
 class MultiheadAttention(nn.Module):
@@ -236,13 +246,18 @@ class TimestepBlock(nn.Module):
         for name in self.conds:
             setattr(self, f"mapper_{name}", Linear(c_timestep, c * 2))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def modulation(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1 + a, b)``, each (B, C, 1, 1), from the embedding ``t``: the block computes ``x * (1 + a) + b``."""
         chunks = t.chunk(len(self.conds) + 1, dim=1)
         ab = self.mapper(chunks[0])
         for i, name in enumerate(self.conds):
             ab = ab + getattr(self, f"mapper_{name}")(chunks[i + 1])
         a, b = ab[:, :, None, None].chunk(2, dim=1)
-        return torch.addcmul(b, x, 1 + a)
+        return 1 + a, b
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.modulation(t)
+        return torch.addcmul(shift, x, scale)
 
 
 def r_embedding(r: torch.Tensor, c_r: int, max_positions: int = 10000) -> torch.Tensor:

@@ -133,15 +133,32 @@ class CascadeUNet(nn.Module):
             parts.append(r_embedding(torch.zeros_like(r) if t_cond is None else t_cond, self.c_r))
         return torch.cat(parts, dim=1)
 
-    @staticmethod
-    def _run_block(block: nn.Module, x, r_embed, clip, skip=None):
-        if isinstance(block, ResBlock):
-            return block(x, skip)
-        if isinstance(block, AttnBlock):
-            return block(x, clip)
-        if isinstance(block, TimestepBlock):
-            return block(x, r_embed)
-        return block(x)
+    def _run_blocks(self, blocks: nn.ModuleList, x, r_embed, clip, cnet: Iterator | None, skip=None) -> torch.Tensor:
+        """``blocks`` in order. The control feature is added before each ResBlock, and ``skip`` is joined to the first
+        block's input (resized to it). A ResBlock followed by a TimestepBlock runs with the latter's modulation, so
+        its residual add and the modulation take one pass (:meth:`ResBlock.forward`)."""
+        i = 0
+        while i < len(blocks):
+            block = blocks[i]
+            if isinstance(block, ResBlock):
+                first_skip = skip if i == 0 else None
+                if first_skip is not None and x.shape[-2:] != first_skip.shape[-2:]:
+                    x = F.interpolate(x, first_skip.shape[-2:], mode="bilinear", align_corners=True)
+                x = self._add_control(x, cnet)
+                following = blocks[i + 1] if i + 1 < len(blocks) else None
+                if isinstance(following, TimestepBlock):
+                    x = block(x, first_skip, modulation=following.modulation(r_embed))
+                    i += 2
+                    continue
+                x = block(x, first_skip)
+            elif isinstance(block, AttnBlock):
+                x = block(x, clip)
+            elif isinstance(block, TimestepBlock):
+                x = block(x, r_embed)
+            else:
+                x = block(x)
+            i += 1
+        return x
 
     @staticmethod
     def _add_control(x: torch.Tensor, cnet: Iterator | None) -> torch.Tensor:
@@ -157,10 +174,7 @@ class CascadeUNet(nn.Module):
         for down_block, downscaler, repmap in zip(self.down_blocks, self.down_downscalers, self.down_repeat_mappers):
             x = downscaler(x)
             for i in range(len(repmap) + 1):
-                for block in down_block:
-                    if isinstance(block, ResBlock):
-                        x = self._add_control(x, cnet)
-                    x = self._run_block(block, x, r_embed, clip)
+                x = self._run_blocks(down_block, x, r_embed, clip, cnet)
                 if i < len(repmap):
                     x = repmap[i](x)
             level_outputs.insert(0, x)
@@ -172,14 +186,7 @@ class CascadeUNet(nn.Module):
             zip(self.up_blocks, self.up_upscalers, self.up_repeat_mappers)
         ):
             for j in range(len(repmap) + 1):
-                for k, block in enumerate(up_block):
-                    skip = None
-                    if isinstance(block, ResBlock):
-                        skip = level_outputs[i] if k == 0 and i > 0 else None
-                        if skip is not None and x.shape[-2:] != skip.shape[-2:]:
-                            x = F.interpolate(x, skip.shape[-2:], mode="bilinear", align_corners=True)
-                        x = self._add_control(x, cnet)
-                    x = self._run_block(block, x, r_embed, clip, skip)
+                x = self._run_blocks(up_block, x, r_embed, clip, cnet, level_outputs[i] if i > 0 else None)
                 if j < len(repmap):
                     x = repmap[j](x)
             x = upscaler(x)
