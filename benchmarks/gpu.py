@@ -51,6 +51,20 @@ STAGE_B = {"steps": 10, "cfg": 1.1, "shift": 1.0}
 SPLIT_GELU = "ours-eager-split-gelu"
 #: Our default pipeline without previews, as ``cascade-studio generate`` runs it (diffusers makes none either).
 HEADLESS = "ours-headless"
+#: ``ours-headless`` with each ResBlock's residual add and the TimestepBlock's modulation as two PyTorch ops (before
+#: they were one kernel, ``networks/kernels.residual_scale_shift``).
+SPLIT_MODULATION = "ours-headless-split-modulation"
+#: Our rows' settings, each a change from the default pipeline: no CUDA graphs, no previews,
+#: the GELU split from the product, the residual add split from the modulation.
+ROWS = {
+    "ours": {},
+    HEADLESS: {"previews": False},
+    "ours-eager": {"graphs": False},
+    SPLIT_GELU: {"graphs": False, "gelu": False},
+    SPLIT_MODULATION: {"previews": False, "modulation": False},
+    "ours-compiled": {"compile": True},
+}
+DEFAULT_ROWS = ("ours", HEADLESS, "ours-eager", SPLIT_GELU)
 #: open_clip's ViT-bigG-14 text tower (the conditioning of every released Stage C / Stage B).
 BIGG_TEXT = {
     "embed_dim": 1280,
@@ -288,7 +302,7 @@ def run_diffusers(modules: dict, args, device, dtype) -> dict[int, dict]:
         result["finite"] = bool(torch.isfinite(images).all())
         return result
 
-    return timed(generate, args, device)
+    return timed({"diffusers": generate}, args, device)["diffusers"]
 
 
 def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
@@ -299,7 +313,7 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
     import torch
 
     from cascade_studio.core.request import GenerationRequest, StageSettings
-    from cascade_studio.networks import linear
+    from cascade_studio.networks import kernels, linear
     from cascade_studio.pipeline.generate import Pipeline
     from cascade_studio.pipeline.models import ModelSet
 
@@ -324,39 +338,46 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
             stage_b=StageSettings(**STAGE_B),
             variant=variant,
         )
-        pipeline.cuda_graphs = impl not in ("ours-eager", SPLIT_GELU)
-        pipeline.compile = impl == "ours-compiled"
-        pipeline.preview_every = 0 if impl == HEADLESS else 1
-        linear.GPU_GELU_IN_PRODUCT = impl != SPLIT_GELU
+        row = ROWS[impl]
+        pipeline.cuda_graphs = row.get("graphs", True)
+        pipeline.compile = row.get("compile", False)
+        pipeline.preview_every = 1 if row.get("previews", True) else 0
+        linear.GPU_GELU_IN_PRODUCT = row.get("gelu", True)
+        kernels.RESIDUAL_MODULATION_FUSED = row.get("modulation", True)
         sync(device)
         start = time.perf_counter()
         images = pipeline.run(request, on_progress=lambda event: event.note or marks.step(event.stage))
         sync(device)
+        linear.GPU_GELU_IN_PRODUCT = kernels.RESIDUAL_MODULATION_FUSED = True
         result = marks.stages(start, time.perf_counter())
         result["finite"] = all(bool(torch.from_numpy(i.pixels).float().std() > 0) for i in images)
         pixels[impl, batch] = np.stack([i.pixels for i in images])
         return result
 
     out: dict = {"load_s": load_s}
-    for impl in ("ours", HEADLESS, "ours-eager", SPLIT_GELU):
-        print(f"  {impl}", flush=True)
-        out[impl] = timed(lambda b, i=impl: generate(b, i), args, device)
-    out["graphs_identical"] = {
-        b: bool(np.array_equal(pixels["ours", b], pixels["ours-eager", b])) for b in args.batches
-    }
-    out["headless_identical"] = {b: bool(np.array_equal(pixels["ours", b], pixels[HEADLESS, b])) for b in args.batches}
-    out["split_gelu_vs_eager"] = {
-        b: int(np.abs(pixels[SPLIT_GELU, b].astype(int) - pixels["ours-eager", b]).max()) for b in args.batches
-    }
+    out.update(timed({impl: lambda b, i=impl: generate(b, i) for impl in args.impls}, args, device))
+
+    def compare(name: str, a: str, b: str, exact: bool) -> None:
+        """Pixels of rows ``a`` and ``b`` per batch: identical (``exact``) or their largest difference."""
+        if a in args.impls and b in args.impls:
+            out[name] = {
+                n: bool(np.array_equal(pixels[a, n], pixels[b, n]))
+                if exact
+                else int(np.abs(pixels[a, n].astype(int) - pixels[b, n]).max())
+                for n in args.batches
+            }
+
+    compare("graphs_identical", "ours", "ours-eager", exact=True)
+    compare("headless_identical", "ours", HEADLESS, exact=True)
+    compare("split_gelu_vs_eager", SPLIT_GELU, "ours-eager", exact=False)
+    compare("split_modulation_vs_headless", SPLIT_MODULATION, HEADLESS, exact=False)
     out["stage_a"] = stage_a_check(models, device, dtype, args.size)
-    if args.lora:
+    if args.lora and {"ours", "ours-eager"} <= set(args.impls):
         out["lora"] = lora_check(models, folder, generate, pixels)
     if args.compile:  # last: the compilations take the longest
         print("  ours-compiled", flush=True)
-        out["ours-compiled"] = timed(lambda b: generate(b, "ours-compiled"), args, device)
-        out["compiled_vs_eager"] = {
-            b: int(np.abs(pixels["ours-compiled", b].astype(int) - pixels["ours-eager", b]).max()) for b in args.batches
-        }
+        out.update(timed({"ours-compiled": lambda b: generate(b, "ours-compiled")}, args, device))
+        compare("compiled_vs_eager", "ours-compiled", "ours-eager", exact=False)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -436,27 +457,31 @@ def stage_a_check(models, device, dtype, size: int) -> dict:
     return result
 
 
-def timed(generate, args, device) -> dict[int, dict]:
+def timed(rows: dict, args, device) -> dict[str, dict[int, dict]]:
+    """Each row's ``generate(batch)`` per batch: a warm-up generation (for our rows it captures the CUDA graphs that
+    the next generations of that size replay; for the compiled row it includes the compilation), then ``--runs``
+    timed ones; the best run, with all the totals and the peak memory over the runs."""
     import torch
 
-    results = {}
-    for batch in args.batches:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        t = time.perf_counter()
-        generate(batch)  # warm-up (and, for the compiled rows, the compilation)
-        first = time.perf_counter() - t
-        runs = [generate(batch) for _ in range(args.runs)]
-        best = min(runs, key=lambda r: r["total"])
-        best["runs"] = [round(r["total"], 3) for r in runs]
-        best["first_s"] = round(first, 2)
-        best["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-        results[batch] = best
-        print(
-            f"    batch {batch}: first {first:.1f} s, then {best['runs']} s, peak {best['peak_gib']:.1f} GiB",
-            flush=True,
-        )
+    results: dict[str, dict[int, dict]] = {name: {} for name in rows}
+    for name, generate in rows.items():
+        for batch in args.batches:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            t = time.perf_counter()
+            generate(batch)
+            first = time.perf_counter() - t
+            runs = [generate(batch) for _ in range(args.runs)]
+            best = min(runs, key=lambda r: r["total"])
+            best["runs"] = [round(r["total"], 3) for r in runs]
+            best["first_s"] = round(first, 2)
+            best["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+            results[name][batch] = best
+            print(
+                f"  {name} batch {batch}: first {first:.1f} s, then {best['runs']} s, peak {best['peak_gib']:.1f} GiB",
+                flush=True,
+            )
     return results
 
 
@@ -481,7 +506,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile (ours-compiled)")
     parser.add_argument("--lora", action="store_true", help="also run a random reference-format LoRA at batch 1")
     parser.add_argument("--no-diffusers", action="store_true", help="skip diffusers (ratios then left out)")
+    choices = ", ".join(r for r in ROWS if r != "ours-compiled")
+    parser.add_argument("--impls", default=",".join(DEFAULT_ROWS), help=f"our rows, of: {choices} (--compile adds one)")
     args = parser.parse_args(argv)
+    args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    unknown = set(args.impls) - set(ROWS) | ({"ours-compiled"} & set(args.impls))
+    if unknown:
+        raise SystemExit(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    if args.compile:
+        args.impls.append("ours-compiled")
     args.batches = [int(b) for b in args.batches.split(",")]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
 
@@ -515,7 +548,7 @@ def main(argv: list[str] | None = None) -> None:
             free(device)
 
     rows = []
-    impls = ["diffusers", SPLIT_GELU, "ours-eager", "ours", HEADLESS] + (["ours-compiled"] if args.compile else [])
+    impls = ["diffusers", *args.impls]
     for variant in variants:
         for batch in args.batches:
             d = results[variant]["diffusers"].get(batch)
@@ -558,15 +591,19 @@ def main(argv: list[str] | None = None) -> None:
     print(table(header, rows))
     for variant in variants:
         r = results[variant]
-        print(f"{variant}: our load {r['load_s']:.1f}s; graphed pixels identical to eager {r['graphs_identical']}")
-        print(f"  pixels without previews identical to the window's {r['headless_identical']}")
+        print(f"{variant}: our load {r['load_s']:.1f}s")
         print(f"  Stage C forward, {r['stage_c_check']}")
         print(f"  Stage A: {r['stage_a']}")
-        print(f"  GELU in the product vs split, largest pixel difference: {r['split_gelu_vs_eager']}")
-        if "compiled_vs_eager" in r:
-            print(f"  compiled vs eager, largest pixel difference: {r['compiled_vs_eager']}")
-        if "lora" in r:
-            print(f"  LoRA: {r['lora']}")
+        for key, what in (
+            ("graphs_identical", "graphed pixels identical to eager"),
+            ("headless_identical", "pixels without previews identical to the window's"),
+            ("split_gelu_vs_eager", "GELU in the product vs split, largest pixel difference"),
+            ("split_modulation_vs_headless", "residual add + modulation split vs fused, largest pixel difference"),
+            ("compiled_vs_eager", "compiled vs eager, largest pixel difference"),
+            ("lora", "LoRA"),
+        ):
+            if key in r:
+                print(f"  {what}: {r[key]}")
     summary = [
         f"{v} batch {b}: ours/diffusers {results[v][impl][b]['total'] / results[v]['diffusers'][b]['total']:.2f} "
         f"time, {results[v][impl][b]['peak_gib'] / results[v]['diffusers'][b]['peak_gib']:.2f} peak VRAM ({impl})"

@@ -24,7 +24,15 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.gpu import SEED, layouts, randomize, sync  # noqa: E402
 
-VARIANTS = ("split_gelu", "split_conv_bias", "channels_last", "cudnn_benchmark")
+VARIANTS = (
+    "graphs",
+    "graphs_split_modulation",
+    "split_gelu",
+    "split_conv_bias",
+    "split_modulation",
+    "channels_last",
+    "cudnn_benchmark",
+)
 
 
 def inputs(network: str, module, batch: int, size: int, device, dtype) -> dict:
@@ -181,6 +189,40 @@ def bench_network(network: str, file_name: str, kwargs: dict, variants: list[str
             diff = (run(data).float() - reference).abs().max().item()
         ResBlock.normed_depthwise = fused
         print(f"  ours+split_conv_bias {rows['ours+split_conv_bias']:.1f} ms (vs ours {diff:.3g})", flush=True)
+
+    def replayed(name: str) -> None:
+        """The forward captured as one CUDA graph and replayed (the pipeline's batch-1 path): the GPU's own time,
+        without the CPU's launches."""
+        from cascade_studio.pipeline.graphs import GraphedStep
+
+        with torch.inference_mode():
+            reference = run(data).float()
+            step = GraphedStep(lambda x, r: run({**data, "x": x, "r": r}))
+            step(data["x"], data["r"])  # capture
+        rows[name] = best_ms(lambda: step(data["x"], data["r"]), args, device)
+        with torch.inference_mode():
+            diff = (step(data["x"], data["r"]).float() - reference).abs().max().item()
+        print(f"  {name} {rows[name]:.1f} ms (vs ours {diff:.3g})", flush=True)
+
+    if "graphs" in variants and device.type == "cuda":
+        replayed("ours+graphs")
+    if "graphs_split_modulation" in variants and device.type == "cuda":
+        from cascade_studio.networks import kernels
+
+        kernels.RESIDUAL_MODULATION_FUSED = False
+        replayed("ours+graphs+split_modulation")
+        kernels.RESIDUAL_MODULATION_FUSED = True
+    if "split_modulation" in variants:
+        from cascade_studio.networks import kernels
+
+        with torch.inference_mode():
+            reference = run(data).float()
+        kernels.RESIDUAL_MODULATION_FUSED = False
+        rows["ours+split_modulation"] = best_ms(lambda: run(data), args, device)
+        with torch.inference_mode():
+            diff = (run(data).float() - reference).abs().max().item()
+        kernels.RESIDUAL_MODULATION_FUSED = True
+        print(f"  ours+split_modulation {rows['ours+split_modulation']:.1f} ms (vs ours {diff:.3g})", flush=True)
     if "cudnn_benchmark" in variants and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         rows["ours+cudnn_benchmark"] = best_ms(lambda: run(data), args, device)

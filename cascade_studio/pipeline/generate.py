@@ -21,6 +21,7 @@ from ..core.geometry import effnet_input_size, snap_size, stage_b_latent_size, s
 from ..core.inpaint import InputError, prepare_mask_job, repaint_area
 from ..core.lora_info import STAGE_C_VARIANTS
 from ..core.request import MASK_MODES, STRENGTH_MODES, GenerationRequest, LoraUse, split_lora_tags
+from ..networks import kernels, linear
 from ..networks.effnet import imagenet_normalize
 from ..networks.lora import apply_loras
 from . import heap
@@ -35,7 +36,7 @@ from .control import (
     resize_image,
 )
 from .device import cpu_has_native_bf16
-from .graphs import maybe_graphed
+from .graphs import GraphedStep, StepCache, flatten, maybe_graphed, unflatten, weights_signature
 from .lora import LoraCache, LoraError, LoraFile, find_lora, token_overrides
 from .models import MissingWeights, ModelSet
 from .sampling import SeededNoise, diffuse, sample
@@ -113,8 +114,11 @@ class Pipeline:
     def __init__(self, models: ModelSet, *, preview_every: int = 1, cuda_graphs: bool = True, compile: bool = False):
         self.models = models
         self.preview_every = preview_every
-        # On CUDA, each stage's network call is captured once and replayed (pipeline/graphs.py).
+        # On CUDA, each stage's network call is captured once and replayed (pipeline/graphs.py); the graphs are kept
+        # for the next job of the same size. At batch 1 a step is launch-bound and graphs halve its time; at batch 4
+        # (an H100, docs/benchmarks.md) graphed forwards took 0.96x (Stage C) and 0.89x (Stage B) the eager time.
         self.cuda_graphs = cuda_graphs
+        self.graphs = StepCache()
         # torch.compile for Stage C and Stage B: the first image at each size (and LoRA set) waits for the
         # compilation, later ones run fused kernels (docs/benchmarks.md).
         self.compile = compile
@@ -431,30 +435,37 @@ class Pipeline:
                     report,
                     cancel,
                     blend,
+                    # A LoRA's hooks are captured into the graph: such a graph is for this job only.
+                    keep_graph=applied is None,
                 )
             finally:
                 if applied is not None:
                     applied.remove()
 
     def _steps(self, stage, network, previewer, cond, uncond, x_init, steps, t_start, settings, sampler, noise,
-               report, cancel, blend=None):  # fmt: skip
+               report, cancel, blend=None, keep_graph=True):  # fmt: skip
         dtype = self.models.dtype
         # cfg 1 equals no guidance (the rescale then leaves ε unchanged): skip the unconditional half.
         guided = settings.cfg != 1
         inputs = {k: _pair(cond[k], uncond[k]) for k in cond} if guided else cond
 
         call = compiled(network) if self.compile else network
+        # The condition tensors are passed as graph inputs (not closed over), so that a graph captured for one job
+        # can replay for the next one at the same size.
+        layout, tensors = flatten(inputs)
 
-        def forward(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            return call(x, r, **inputs)
+        def forward(x: torch.Tensor, r: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
+            return call(x, r, **unflatten(layout, conditions))
 
-        # Measured on an H200 (docs/benchmarks.md): graphs halve the time of batch-1 steps, which are launch-bound;
-        # at batch 4 the GPU is the bottleneck and graphed steps measured 0-5 % (Stage C) and 8 % (Stage B) slower.
-        use_graphs = self.cuda_graphs and x_init.shape[0] == 1
-        graphed = maybe_graphed(forward, self.device, use_graphs)
+        use_graphs = self.cuda_graphs and self.device.type == "cuda"
+        if use_graphs and keep_graph and self.models.memory == "resident":
+            key = self.graph_key(network, x_init, layout, tensors)
+            graphed = self.graphs.get(stage, key, lambda: GraphedStep(forward))
+        else:
+            graphed = maybe_graphed(forward, self.device, use_graphs)
 
         def predict(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            return graphed(x.to(dtype), r)  # r stays float32 for the sinusoidal embedding
+            return graphed(x.to(dtype), r, *tensors)  # r stays float32 for the sinusoidal embedding
 
         if sampler == "ddpm":
             noise.prefetch(steps)  # drawn up front: one copy to a GPU instead of one per step
@@ -482,6 +493,20 @@ class Pipeline:
                 if cancel():
                     raise Cancelled()
         return x0
+
+    def graph_key(self, network: torch.nn.Module, x_init: torch.Tensor, layout: tuple, tensors: tuple) -> tuple:
+        """What a stage's captured step depends on besides the values of its inputs: the network and where its
+        weights are, the inputs' layout, shapes and dtypes, compilation, and the kernel choices that are switches.
+        A kept graph replays for a job whose key is equal (:class:`graphs.StepCache`)."""
+        return (
+            id(network),
+            weights_signature(network),
+            layout,
+            tuple((tuple(t.shape), t.dtype) for t in (x_init, *tensors)),
+            self.compile,
+            linear.GPU_GELU_IN_PRODUCT,
+            kernels.RESIDUAL_MODULATION_FUSED,
+        )
 
     def _preview(self, previewer: torch.nn.Module, x0: torch.Tensor) -> np.ndarray:
         """The Previewer's image of ``x0`` (1, 16, h, w) as (H, W, 3) uint8.
