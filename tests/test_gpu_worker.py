@@ -261,7 +261,11 @@ def test_out_of_memory_gives_advice(qtbot, make_service, monkeypatch):
 
     from cascade_studio.pipeline.generate import Pipeline
 
+    pipelines = []
+
     def run(self, request, **kwargs):
+        self.graphs.get("c", ("a kept graph",), lambda: lambda *tensors: None)  # as a job on a GPU leaves one
+        pipelines.append(self)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(Pipeline, "run", run)
@@ -271,6 +275,7 @@ def test_out_of_memory_gives_advice(qtbot, make_service, monkeypatch):
     ((_, _, message, kind),) = rec.of("job_failed", job)
     assert kind == "out_of_memory"
     assert "one stage at a time" in message and "smaller" in message and "20.00 GiB" in message
+    assert len(pipelines[0].graphs) == 0  # kept CUDA graphs let go of, for their memory
 
 
 def test_remove_pending_and_cancel_all_but_current(qtbot, make_service, gate, tmp_path):

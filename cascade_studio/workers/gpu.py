@@ -392,6 +392,8 @@ class GpuWorker(QObject):
         return self._gallery
 
     def _after_out_of_memory(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.graphs.clear()  # kept CUDA graphs hold their activations' memory
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
