@@ -9,7 +9,8 @@ float32 in ours (``ModelSet`` always does) and in bf16 in diffusers (its usual `
 Settings, both implementations: 1024x1024 by default, Stage C 20 steps at guidance 4, Stage B 10 steps at
 guidance 1.1 (diffusers: ``decoder_guidance_scale=1.1``, which also doubles its decoder batch), seed 0,
 batch 1 and 4. Ours runs as the window does (a Previewer image after every Stage C step) and, in the row
-``ours-headless``, as ``cascade-studio generate`` does: no previews, like diffusers.
+``ours-headless``, as ``cascade-studio generate`` does: no previews, like diffusers. ``--impls`` picks our rows
+(:data:`ROWS`: the default pipeline and variants of it with one switch changed).
 
 One process, one implementation at a time (the other one's weights freed), so ``peak VRAM`` is that
 implementation's weights plus its activations (``torch.cuda.max_memory_allocated``). Stage marks come from
@@ -306,9 +307,9 @@ def run_diffusers(modules: dict, args, device, dtype) -> dict[int, dict]:
 
 
 def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
-    """Our rows on the same loaded models: ``ours`` (CUDA graphs, the default), ``ours-eager`` (graphs off) and,
-    with ``--compile``, ``ours-compiled`` (torch.compile + graphs); whether graphed and eager pixels are identical;
-    with ``--lora``, a LoRA run; the Stage A checks."""
+    """Our rows (``--impls``, and with ``--compile`` ``ours-compiled``: torch.compile + graphs) on the same loaded
+    models and one pipeline, whose CUDA graphs are kept from one image to the next as in the app; whether the pixels
+    of rows that must agree are identical; with ``--lora``, a LoRA run; the Stage A checks."""
     import numpy as np
     import torch
 
