@@ -163,66 +163,56 @@ def bench_network(network: str, file_name: str, kwargs: dict, variants: list[str
             diff = (run(data).float() - run_theirs(data).float()).abs().max().item()
         print(f"  diffusers {rows['diffusers']:.1f} ms (largest difference to ours {diff:.3g})", flush=True)
         profiles["diffusers"] = lambda: run_theirs(data)
-    if "split_gelu" in variants:
-        from cascade_studio.networks import linear
 
+    def variant(name: str, make, switch: tuple | None = None) -> None:
+        """``rows[name]``: the callable ``make()`` returns, timed with ``switch`` (object, attribute, value) set for
+        the while, and its output's largest difference to the default forward's."""
         with torch.inference_mode():
             reference = run(data).float()
-        linear.GPU_GELU_IN_PRODUCT = False
-        rows["ours+split_gelu"] = best_ms(lambda: run(data), args, device)
-        with torch.inference_mode():
-            diff = (run(data).float() - reference).abs().max().item()
-        linear.GPU_GELU_IN_PRODUCT = True
-        print(f"  ours+split_gelu {rows['ours+split_gelu']:.1f} ms (vs ours {diff:.3g})", flush=True)
-    if "split_conv_bias" in variants:
-        from cascade_studio.networks.common import ResBlock
+        saved = getattr(switch[0], switch[1]) if switch else None
+        if switch:
+            setattr(*switch)
+        try:
+            fn = make()
+            rows[name] = best_ms(fn, args, device)
+            with torch.inference_mode():
+                diff = (fn().float() - reference).abs().max().item()
+        finally:
+            if switch:
+                setattr(switch[0], switch[1], saved)
+        print(f"  {name} {rows[name]:.1f} ms (vs ours {diff:.3g})", flush=True)
 
-        def plain(block, x):  # the convolution with its bias (cuDNN adds it in a pass of its own), then the norm
-            h = block.depthwise(x).permute(0, 2, 3, 1)
-            return torch.nn.functional.layer_norm(h, h.shape[-1:], eps=block.norm.eps)
+    def eager():
+        return lambda: run(data)
 
-        with torch.inference_mode():
-            reference = run(data).float()
-        fused, ResBlock.normed_depthwise = ResBlock.normed_depthwise, plain
-        rows["ours+split_conv_bias"] = best_ms(lambda: run(data), args, device)
-        with torch.inference_mode():
-            diff = (run(data).float() - reference).abs().max().item()
-        ResBlock.normed_depthwise = fused
-        print(f"  ours+split_conv_bias {rows['ours+split_conv_bias']:.1f} ms (vs ours {diff:.3g})", flush=True)
-
-    def replayed(name: str) -> None:
-        """The forward captured as one CUDA graph and replayed (the pipeline's batch-1 path): the GPU's own time,
-        without the CPU's launches."""
+    def replayed():
+        """The forward captured as one CUDA graph and replayed (as the pipeline runs it on a GPU): the GPU's own
+        time, without the CPU's launches."""
         from cascade_studio.pipeline.graphs import GraphedStep
 
         with torch.inference_mode():
-            reference = run(data).float()
             step = GraphedStep(lambda x, r: run({**data, "x": x, "r": r}))
             step(data["x"], data["r"])  # capture
-        rows[name] = best_ms(lambda: step(data["x"], data["r"]), args, device)
-        with torch.inference_mode():
-            diff = (step(data["x"], data["r"]).float() - reference).abs().max().item()
-        print(f"  {name} {rows[name]:.1f} ms (vs ours {diff:.3g})", flush=True)
+        return lambda: step(data["x"], data["r"])
 
+    from cascade_studio.networks import kernels, linear
+    from cascade_studio.networks.common import ResBlock
+
+    def plain_depthwise(block, x):  # the convolution with its bias (cuDNN adds it in a pass of its own), then the norm
+        h = block.depthwise(x).permute(0, 2, 3, 1)
+        return torch.nn.functional.layer_norm(h, h.shape[-1:], eps=block.norm.eps)
+
+    split_modulation = (kernels, "RESIDUAL_MODULATION_FUSED", False)
     if "graphs" in variants and device.type == "cuda":
-        replayed("ours+graphs")
+        variant("ours+graphs", replayed)
     if "graphs_split_modulation" in variants and device.type == "cuda":
-        from cascade_studio.networks import kernels
-
-        kernels.RESIDUAL_MODULATION_FUSED = False
-        replayed("ours+graphs+split_modulation")
-        kernels.RESIDUAL_MODULATION_FUSED = True
+        variant("ours+graphs+split_modulation", replayed, split_modulation)
+    if "split_gelu" in variants:
+        variant("ours+split_gelu", eager, (linear, "GPU_GELU_IN_PRODUCT", False))
+    if "split_conv_bias" in variants:
+        variant("ours+split_conv_bias", eager, (ResBlock, "normed_depthwise", plain_depthwise))
     if "split_modulation" in variants:
-        from cascade_studio.networks import kernels
-
-        with torch.inference_mode():
-            reference = run(data).float()
-        kernels.RESIDUAL_MODULATION_FUSED = False
-        rows["ours+split_modulation"] = best_ms(lambda: run(data), args, device)
-        with torch.inference_mode():
-            diff = (run(data).float() - reference).abs().max().item()
-        kernels.RESIDUAL_MODULATION_FUSED = True
-        print(f"  ours+split_modulation {rows['ours+split_modulation']:.1f} ms (vs ours {diff:.3g})", flush=True)
+        variant("ours+split_modulation", eager, split_modulation)
     if "cudnn_benchmark" in variants and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         rows["ours+cudnn_benchmark"] = best_ms(lambda: run(data), args, device)
