@@ -376,7 +376,6 @@ def run_ours(folder: Path, variant: str, args, device, dtype) -> dict:
     if args.lora and {"ours", "ours-eager"} <= set(args.impls):
         out["lora"] = lora_check(models, folder, generate, pixels)
     if args.compile:  # last: the compilations take the longest
-        print("  ours-compiled", flush=True)
         out.update(timed({"ours-compiled": lambda b: generate(b, "ours-compiled")}, args, device))
         compare("compiled_vs_eager", "ours-compiled", "ours-eager", exact=False)
     if args.profile:

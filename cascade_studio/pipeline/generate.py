@@ -36,7 +36,7 @@ from .control import (
     resize_image,
 )
 from .device import cpu_has_native_bf16
-from .graphs import GraphedStep, StepCache, flatten, maybe_graphed, unflatten, weights_signature
+from .graphs import GraphedStep, StepCache, flatten, unflatten, weights_signature
 from .lora import LoraCache, LoraError, LoraFile, find_lora, token_overrides
 from .models import MissingWeights, ModelSet
 from .sampling import SeededNoise, diffuse, sample
@@ -457,12 +457,13 @@ class Pipeline:
         def forward(x: torch.Tensor, r: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
             return call(x, r, **unflatten(layout, conditions))
 
-        use_graphs = self.cuda_graphs and self.device.type == "cuda"
-        if use_graphs and keep_graph and self.models.memory == "resident":
-            key = self.graph_key(network, x_init, layout, tensors)
-            graphed = self.graphs.get(stage, key, lambda: GraphedStep(forward))
-        else:
-            graphed = maybe_graphed(forward, self.device, use_graphs)
+        graphed = forward
+        if self.cuda_graphs and self.device.type == "cuda":
+            if keep_graph and self.models.memory == "resident":  # weights stay put: the graph can serve later jobs
+                key = self.graph_key(network, x_init, layout, tensors)
+                graphed = self.graphs.get(stage, key, lambda: GraphedStep(forward))
+            else:
+                graphed = GraphedStep(forward)
 
         def predict(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             return graphed(x.to(dtype), r, *tensors)  # r stays float32 for the sinusoidal embedding

@@ -26,8 +26,8 @@ class GraphedStep:
     graph is used. Not thread-safe; the pipeline's thread owns it.
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor]):
-        self.fn: Callable[..., torch.Tensor] | None = fn
+    def __init__(self, fn: Step):
+        self.fn: Step | None = fn
         self._graph: torch.cuda.CUDAGraph | None = None
         self._inputs: tuple[torch.Tensor, ...] = ()
         self._output: torch.Tensor | None = None
@@ -59,10 +59,6 @@ class GraphedStep:
         # across jobs (StepCache) from holding a network that the model set has since let go of.
         self.fn = None
         return first
-
-
-def maybe_graphed(fn: Callable[..., torch.Tensor], device: torch.device, enabled: bool) -> Callable[..., torch.Tensor]:
-    return GraphedStep(fn) if enabled and device.type == "cuda" else fn
 
 
 def flatten(inputs: dict[str, Any]) -> tuple[tuple, tuple[torch.Tensor, ...]]:
